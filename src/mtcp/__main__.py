@@ -1,0 +1,4 @@
+from mtcp.cli import cli_main
+
+if __name__ == "__main__":
+    cli_main()

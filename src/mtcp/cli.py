@@ -1,0 +1,79 @@
+"""Command-line entry point: ``mtcp fit|validate|test|predict --config ...``.
+
+A LightningCLI over `MultiTaskModule` and `MultiTaskDataModule`. The data module
+tells the model its tasks' output widths (argument link), the balancer is a required
+top-level argument (``balancer:``, so a ``trainer.callbacks`` list in a stacked
+config cannot drop it), and checkpointing is configured under ``checkpoint:``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from mtcp.balancers import Balancer
+from mtcp.data.datamodule import MultiTaskDataModule
+from mtcp.module import MultiTaskModule
+
+
+class MTCPCLI(LightningCLI):
+    """LightningCLI with the balancer, checkpointing and task linking wired in."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(Balancer, "balancer", subclass_mode=True, required=True)
+        parser.set_defaults({"balancer": {"class_path": "mtcp.balancers.EqualWeights"}})
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch:03d}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
+
+    def after_validate(self) -> None:
+        self._write_metrics("validate")
+
+    def after_test(self) -> None:
+        self._write_metrics("test")
+
+    def _write_metrics(self, stage: str) -> None:
+        """Save the run's final metrics as ``<default_root_dir>/<stage>_metrics.json``.
+
+        Scripts read this file: the trivial-predictor comparison of `make fit`, and the
+        single-task reference metrics that delta-m needs.
+        """
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())}
+        path = Path(self.trainer.default_root_dir) / f"{stage}_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI | None:
+    """Run the CLI; ``args`` (a list or dict) lets tests and notebooks call it in-process.
+
+    ``mtcp bench ...`` is the benchmark (`mtcp.bench`); every other subcommand is Lightning's.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["bench"]:
+        from mtcp.bench import main as bench_main
+
+        bench_main(argv[1:])
+        return None
+    return MTCPCLI(
+        MultiTaskModule,
+        MultiTaskDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RichProgressBar(leave=True), LearningRateMonitor("step")]},
+    )

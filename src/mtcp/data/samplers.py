@@ -1,0 +1,29 @@
+"""Distributed evaluation without padding.
+
+`torch.utils.data.DistributedSampler` pads the index list so that every rank gets the
+same count; the duplicated samples would be counted twice by pooled metrics. This
+sampler gives rank r the indices r, r + W, r + 2W, ... so each sample is evaluated by
+exactly one rank (ranks may differ by one sample). Lightning leaves a sampler that is
+already a `DistributedSampler` untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch.utils.data import DistributedSampler
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Shard a dataset across ranks in order, every index exactly once, no padding."""
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples

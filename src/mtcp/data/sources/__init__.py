@@ -1,0 +1,5 @@
+"""Data sources: one `DataSource` per dataset (`procedural`, later `nyud`, `pascal`)."""
+
+from mtcp.data.sources.base import DataSource
+
+__all__ = ["DataSource"]

@@ -1,0 +1,161 @@
+"""Joint, label-aware augmentation of one sample (DESIGN.md section 5).
+
+Geometry changes every map of the sample consistently: images resample bilinearly,
+labels by nearest neighbour; a zoom by ``s`` divides depth by ``s`` (the scene looks
+``s`` times closer) and scales the intrinsics; a horizontal flip negates the normals'
+x component; an in-plane rotation rotates the normals' (x, y) components; padding
+fills class labels with 255 and depth/normals with 0 (invalid). Photometric jitter
+touches the image only. Randomness comes from torch's global generator, which
+Lightning seeds per worker, so runs are reproducible under ``seed_everything``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtcp.data.sources.base import IGNORE_INDEX
+
+Sample = dict[str, object]
+
+_CLASS_KEYS = ("semseg", "human_parts", "sal", "edge")
+
+
+def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
+    """Sample a [C,H,W] map at ``grid`` ([1,h,w,2], normalised coords); outside -> 0."""
+    out = F.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out[0]
+
+
+def _warp_sample(sample: Sample, matrix: Tensor, out_size: tuple[int, int]) -> Sample:
+    """Resample all maps of ``sample`` with the affine map ``matrix`` (output pixel -> input pixel).
+
+    ``matrix`` is 2x3 in pixel-centre coordinates. Class labels are sampled by nearest
+    neighbour after shifting by one so that out-of-image pixels (0) become 255.
+    """
+    image: Tensor = sample["image"]  # type: ignore[assignment]
+    h_in, w_in = image.shape[-2:]
+    h, w = out_size
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    src_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+    src_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+    grid = torch.stack((src_x / w_in * 2 - 1, src_y / h_in * 2 - 1), dim=-1)[None]
+    out: Sample = dict(sample)
+    out["image"] = _resample(image, grid, "bilinear").clamp(0, 1)
+    for key in _CLASS_KEYS:
+        if key in sample:
+            shifted = (sample[key].long() + 1) % (IGNORE_INDEX + 1)  # 255 -> 0, k -> k+1
+            warped = _resample(shifted[None].float(), grid, "nearest")[0].round().long()
+            out[key] = (warped - 1) % (IGNORE_INDEX + 1)  # 0 (outside/ignore) -> 255
+    if "depth" in sample:
+        out["depth"] = _resample(sample["depth"], grid, "nearest")
+    if "normals" in sample:
+        n = _resample(sample["normals"], grid, "nearest")
+        out["normals"] = n
+    return out
+
+
+@dataclass
+class Augmentation:
+    """Training-time augmentation settings; calling it augments one sample.
+
+    ``scales``: zoom factors; with ``scale_range`` true, a factor is drawn uniformly
+    from [min(scales), max(scales)], else one of ``scales`` is chosen.
+    ``crop_size``: (H, W) of the training crop (pad with ignore where the zoomed image
+    is smaller); None keeps the sample's size.
+    ``rotation``: maximum in-plane rotation in degrees (uniform in [-r, r]).
+    ``color_jitter``: strength of brightness/contrast/saturation jitter (0 = off).
+    """
+
+    scales: tuple[float, ...] = (1.0,)
+    scale_range: bool = False
+    crop_size: tuple[int, int] | None = None
+    flip: bool = True
+    rotation: float = 0.0
+    color_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"data.augmentation.scales must be positive numbers; got {self.scales}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) <= 0):
+            raise ValueError(f"data.augmentation.crop_size must be two positive integers (H, W); got {self.crop_size}")
+        if self.rotation < 0 or self.color_jitter < 0:
+            raise ValueError("data.augmentation.rotation and color_jitter must be >= 0")
+
+    def _draw_scale(self) -> float:
+        if self.scale_range:
+            lo, hi = min(self.scales), max(self.scales)
+            return lo + (hi - lo) * float(torch.rand(()))
+        return float(self.scales[int(torch.randint(len(self.scales), ()))])
+
+    def __call__(self, sample: Sample) -> Sample:
+        image: Tensor = sample["image"]  # type: ignore[assignment]
+        h_in, w_in = image.shape[-2:]
+        out_h, out_w = self.crop_size or (h_in, w_in)
+        scale = self._draw_scale()
+        angle = math.radians((2 * float(torch.rand(())) - 1) * self.rotation) if self.rotation else 0.0
+        flip = self.flip and bool(torch.rand(()) < 0.5)
+        # Forward map input pixel -> output pixel: zoom by `scale` about the origin, rotate
+        # about the zoomed image centre, then place the zoomed image in the crop at a random offset.
+        zh, zw = h_in * scale, w_in * scale
+        off_y = float(torch.rand(())) * (zh - out_h) if zh > out_h else (zh - out_h) / 2
+        off_x = float(torch.rand(())) * (zw - out_w) if zw > out_w else (zw - out_w) / 2
+        cos, sin = math.cos(angle), math.sin(angle)
+        cx, cy = zw / 2, zh / 2
+        # output p -> zoomed q = R^-1 (p + off - c) + c -> input q / scale
+        inv = torch.tensor(
+            [[cos, sin, 0.0], [-sin, cos, 0.0]], dtype=torch.float64
+        )  # R^-1 for a rotation by `angle`
+        shift = torch.tensor([off_x - cx, off_y - cy], dtype=torch.float64)
+        lin = inv[:, :2] / scale
+        trans = (inv[:, :2] @ shift + torch.tensor([cx, cy], dtype=torch.float64)) / scale
+        if flip:  # flip the output: p_x -> out_w - p_x
+            lin = lin @ torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+            trans = trans + lin[:, 0] * -out_w
+        matrix = torch.cat((lin, trans[:, None]), dim=1).float()
+        out = _warp_sample(sample, matrix, (out_h, out_w))
+        if "depth" in out:
+            out["depth"] = out["depth"] / scale
+        if "normals" in out:
+            out["normals"] = _rotate_flip_normals(out["normals"], angle, flip)
+        out["meta"] = _transform_intrinsics(sample["meta"], scale, off_x, off_y, out_w, flip, angle)
+        if self.color_jitter:
+            out["image"] = _jitter(out["image"], self.color_jitter)
+        return out
+
+
+def _rotate_flip_normals(normals: Tensor, angle: float, flip: bool) -> Tensor:
+    """Normals follow the image: in-plane rotation of (x, y), then x negated by a flip."""
+    x, y, z = normals[0], normals[1], normals[2]
+    cos, sin = math.cos(angle), math.sin(angle)
+    x, y = cos * x - sin * y, sin * x + cos * y
+    if flip:
+        x = -x
+    return torch.stack((x, y, z))
+
+
+def _transform_intrinsics(meta: dict, scale: float, off_x: float, off_y: float, out_w: int, flip: bool,
+                          angle: float) -> dict:
+    """Pinhole intrinsics after zoom, crop and flip (a rotation keeps fx, fy; centre approximated)."""
+    fx, fy, cx, cy = (float(v) for v in meta["intrinsics"])
+    fx, fy, cx, cy = fx * scale, fy * scale, cx * scale - off_x, cy * scale - off_y
+    if flip:
+        cx = out_w - cx
+    return {**meta, "intrinsics": torch.tensor([fx, fy, cx, cy], dtype=torch.float32)}
+
+
+def _jitter(image: Tensor, strength: float) -> Tensor:
+    """Random brightness, contrast and saturation change of an RGB image in [0, 1]."""
+    def factor() -> float:
+        return 1.0 + strength * (2 * float(torch.rand(())) - 1)
+
+    image = image * factor()
+    mean = image.mean()
+    image = (image - mean) * factor() + mean
+    grey = image.mean(dim=0, keepdim=True)
+    image = (image - grey) * factor() + grey
+    return image.clamp(0, 1)

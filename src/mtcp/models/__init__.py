@@ -1,0 +1,6 @@
+"""Networks: a timm backbone adapter, decoders, heads; `PlainMTL` and the MT-CP network."""
+
+from mtcp.models.backbone import TimmBackbone
+from mtcp.models.plain_mtl import PlainMTL
+
+__all__ = ["PlainMTL", "TimmBackbone"]

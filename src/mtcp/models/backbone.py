@@ -1,0 +1,116 @@
+"""Any timm model as a four-level NCHW feature pyramid at strides 4, 8, 16 and 32.
+
+Hierarchical models (ResNet, ConvNeXt, Swin, ...) give the pyramid through timm's
+``features_only``; plain ViTs, whose features all have stride 16, get a simple pyramid
+(ViTDet style): deconvolutions to strides 4 and 8, identity at 16, a strided
+convolution to 32. Weights come from a local file (``checkpoint_path``, offline) or,
+for users with internet, from timm's hub (``pretrained: true``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+class SimplePyramid(nn.Module):
+    """Build strides 4..32 from one stride-16 map (for plain ViTs)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half, quarter = max(channels // 2, 1), max(channels // 4, 1)
+        self.to_4 = nn.Sequential(
+            nn.ConvTranspose2d(channels, half, 2, stride=2), nn.GroupNorm(1, half), nn.GELU(),
+            nn.ConvTranspose2d(half, quarter, 2, stride=2),
+        )
+        self.to_8 = nn.ConvTranspose2d(channels, half, 2, stride=2)
+        self.to_32 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.channels = [quarter, half, channels, channels]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [self.to_4(x), self.to_8(x), x, self.to_32(x)]
+
+
+class TimmBackbone(nn.Module):
+    """A timm model as a pyramid of four NCHW maps at strides 4, 8, 16, 32.
+
+    Args:
+        name: timm model name (``timm.list_models()``), e.g. ``swin_small_patch4_window7_224``.
+        pretrained: download timm's weights (needs internet; ignored when
+            ``checkpoint_path`` is given).
+        checkpoint_path: local ``.pth``/``.safetensors`` weights for the model.
+        img_size: the training input (H, W), for models with fixed-size position
+            embeddings or windows (Swin, ViT); None for convnets.
+        model_kwargs: further keyword arguments for ``timm.create_model``.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18",
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        img_size: tuple[int, int] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs: dict[str, Any] = dict(model_kwargs or {})
+        if img_size is not None:
+            kwargs["img_size"] = tuple(img_size)
+        if checkpoint_path is not None:
+            path = Path(checkpoint_path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"model backbone checkpoint_path {str(path)!r} does not exist; expected a local "
+                    ".pth or .safetensors file with weights for timm model {name!r}"
+                )
+            pretrained = True
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        if not timm.is_model(name):
+            raise ValueError(
+                f"backbone name {name!r} is not a timm model; see timm.list_models(), e.g. "
+                "'resnet18', 'convnext_tiny', 'swin_small_patch4_window7_224', 'vit_small_patch16_224'"
+            )
+        self.name = name
+        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+        info = self.body.feature_info
+        reductions, channels = list(info.reduction()), list(info.channels())
+        self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
+        if all(r == reductions[-1] for r in reductions):  # plain ViT: one resolution
+            if reductions[-1] != 16:
+                raise ValueError(f"backbone {name!r}: plain models must have stride 16, got {reductions[-1]}")
+            self.take = [len(reductions) - 1]
+            self.pyramid: nn.Module | None = SimplePyramid(channels[-1])
+            self.channels = self.pyramid.channels  # type: ignore[union-attr]
+        else:
+            missing = [s for s in PYRAMID_STRIDES if s not in reductions]
+            if missing:
+                raise ValueError(
+                    f"backbone {name!r} gives feature strides {reductions}; strides {missing} are missing "
+                    f"(need {list(PYRAMID_STRIDES)})"
+                )
+            self.take = [reductions.index(s) for s in PYRAMID_STRIDES]
+            self.pyramid = None
+            self.channels = [channels[i] for i in self.take]
+        cfg = self.body.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return PYRAMID_STRIDES
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        """``image``: RGB in [0, 1], [B, 3, H, W] with H, W multiples of 32."""
+        feats = self.body((image - self.mean) / self.std)
+        if self.channels_last:
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        feats = [feats[i].contiguous() for i in self.take]
+        if self.pyramid is not None:
+            return self.pyramid(feats[0])
+        return feats

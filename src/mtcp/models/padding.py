@@ -1,0 +1,24 @@
+"""Pad inputs to a multiple of the backbone's stride, crop outputs back.
+
+Any input size works (e.g. 100x140): the image is zero-padded at the bottom/right to
+a multiple of ``multiple``, the network runs, and every output is cropped back to the
+input's extent, so pixel (i, j) of an output always refers to pixel (i, j) of the image.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
+    h, w = image.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return image
+    return F.pad(image, (0, pw, 0, ph))
+
+
+def crop_outputs(outputs: dict[str, dict[str, Tensor]], size: tuple[int, int]) -> dict[str, dict[str, Tensor]]:
+    h, w = size
+    return {level: {t: y[..., :h, :w] for t, y in preds.items()} for level, preds in outputs.items()}

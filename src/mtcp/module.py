@@ -1,0 +1,179 @@
+"""The LightningModule: network + per-task losses, balanced total, metrics.
+
+Thin by design: the network lives in `mtcp.models`, the task knowledge in
+`mtcp.tasks`, the weighting rule in a balancer callback (`mtcp.balancers`). The
+module owns what must be in the checkpoint and on the device: the network, the
+``task_weights`` buffer that the balancer writes, and the metric states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric
+
+from mtcp.optim import PolyLR, SchedulerFactory
+from mtcp.tasks import Task, check_task_names, get_task
+
+NetworkFactory = Callable[[dict[str, int]], nn.Module]
+OptimizerFactory = Callable[[Iterable], Optimizer]
+
+PROJECTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda losses: losses,
+    "log": lambda losses: torch.log1p(losses + 1e-6),  # LPS: log(1 + L + 1e-6)
+}
+
+
+def default_network(task_channels: dict[str, int]) -> nn.Module:
+    from mtcp.models import PlainMTL
+
+    return PlainMTL(task_channels)
+
+
+def default_optimizer(params: Iterable) -> Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+
+
+def default_scheduler(optimizer: Optimizer, total_steps: int) -> PolyLR:
+    return PolyLR(optimizer, total_steps)
+
+
+class MultiTaskModule(L.LightningModule):
+    """Train and evaluate a multi-task dense-prediction network.
+
+    Args:
+        task_channels: output width per task, in task order (linked from the data module).
+        net: builds the network from ``task_channels`` (`mtcp.models.PlainMTL`, MT-CP, ...).
+        optimizer: builds the optimizer from the parameters (AdamW by default).
+        scheduler: builds the per-step LR schedule from the optimizer and the total
+            number of steps (poly decay, power 0.9, by default); None for a constant LR.
+        deep_supervision_weight: weight of the intermediate predictions' losses
+            (levels other than ``final``) in each task's loss; the authors use 0.5.
+    """
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        net: NetworkFactory = default_network,
+        optimizer: OptimizerFactory = default_optimizer,
+        scheduler: SchedulerFactory | None = default_scheduler,
+        deep_supervision_weight: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        check_task_names(list(task_channels), setting="model.task_channels")
+        if deep_supervision_weight < 0:
+            raise ValueError(f"model.deep_supervision_weight must be >= 0; got {deep_supervision_weight}")
+        self.task_channels = dict(task_channels)
+        self.tasks: list[Task] = [get_task(t) for t in self.task_channels]
+        self.net = net(self.task_channels)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.deep_supervision_weight = deep_supervision_weight
+        self.register_buffer("task_weights", torch.ones(len(self.tasks)))
+        self.loss_projection = "identity"
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({t.name: t.make_metric(c) for t, c in zip(self.tasks, task_channels.values(),
+                                                                             strict=True)})
+            for stage in ("val", "test")
+        })
+        self.eval_losses = nn.ModuleDict({
+            stage: nn.ModuleDict({t.name: MeanMetric() for t in self.tasks}) for stage in ("val", "test")
+        })
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def forward(self, image: Tensor) -> dict[str, dict[str, Tensor]]:
+        return self.net(image)
+
+    # -- losses --------------------------------------------------------------------------
+    def task_losses(self, outputs: dict[str, dict[str, Tensor]], batch: dict[str, Any]) -> Tensor:
+        """Unweighted loss of every task [T]: final prediction + weighted deep supervision."""
+        losses = []
+        for task in self.tasks:
+            label = batch[task.name]
+            loss = task.loss(outputs["final"][task.name], label)
+            for level, preds in outputs.items():
+                if level != "final" and self.deep_supervision_weight > 0:
+                    loss = loss + self.deep_supervision_weight * task.loss(preds[task.name], label)
+            losses.append(loss)
+        return torch.stack(losses)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        outputs = self(batch["image"])
+        losses = self.task_losses(outputs, batch)
+        if not bool(torch.isfinite(losses).all()):
+            finite = torch.isfinite(losses).tolist()
+            bad = [t for t, ok in zip(self.task_names, finite, strict=True) if not ok]
+            raise FloatingPointError(
+                f"non-finite training loss for task(s) {bad} at step {self.global_step} (batch ids "
+                f"{batch['meta']['id']}); check these samples' labels and the learning rate"
+            )
+        projected = PROJECTIONS[self.loss_projection](losses)
+        total = (self.task_weights.detach() * projected).sum()
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for name, value in zip(self.task_names, losses, strict=True):
+            self.log(f"train/loss_{name}", value.detach(), prog_bar=True, batch_size=bs)
+        return {"loss": total, "task_losses": losses.detach()}
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        outputs = self(batch["image"])
+        losses = self.task_losses(outputs, batch)
+        bs = batch["image"].shape[0]
+        for task, loss in zip(self.tasks, losses, strict=True):
+            self.eval_losses[stage][task.name].update(loss, bs)
+            self.metrics[stage][task.name].update(outputs["final"][task.name], batch[task.name])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        total = 0.0
+        for task in self.tasks:
+            loss = self.eval_losses[stage][task.name].compute()
+            total = total + loss
+            self.log(f"{stage}/loss_{task.name}", loss)
+            values = self.metrics[stage][task.name].compute()
+            self.log_dict({f"{stage}/{task.name}/{k}": v for k, v in values.items()})
+            self.metrics[stage][task.name].reset()
+            self.eval_losses[stage][task.name].reset()
+        self.log(f"{stage}/loss", total, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"meta": batch["meta"], "predictions": self(batch["image"])["final"]}
+
+    # -- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = dict(checkpoint.get("hyper_parameters", {}).get("task_channels", {}))
+        if saved and saved != self.task_channels:
+            raise ValueError(
+                f"checkpoint was trained for tasks {saved} but this model is built for {self.task_channels}; "
+                f"set data.tasks (and the dataset) to match the checkpoint, e.g. data.tasks={list(saved)}"
+            )

@@ -1,0 +1,59 @@
+"""Losses: hand-computed values, and zero (never NaN) when a batch has no valid pixel."""
+
+import math
+
+import pytest
+import torch
+
+from mtcp import losses
+
+
+def test_depth_l1_averages_over_valid_pixels_only():
+    out = torch.tensor([[[[1.0, 2.0], [3.0, 9.0]]]])
+    label = torch.tensor([[[[2.0, 2.0], [1.0, 0.0]]]])  # last pixel invalid
+    assert losses.depth_l1(out, label).item() == pytest.approx((1 + 0 + 2) / 3)
+
+
+def test_normals_l1_sums_components_over_valid_pixels():
+    out = torch.zeros(1, 3, 1, 2)
+    out[0, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])
+    out[0, :, 0, 1] = torch.tensor([1.0, 0.0, 0.0])
+    label = torch.zeros(1, 3, 1, 2)
+    label[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0])  # |0|+|1-0|... = 0 + 1 + 1 = 2
+    assert losses.normals_l1(out, label).item() == pytest.approx(2.0)
+
+
+def test_cross_entropy_ignores_255():
+    logits = torch.tensor([[[[2.0]], [[0.0]]]])  # [1, 2, 1, 1]
+    label = torch.tensor([[[0]]])
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert losses.cross_entropy(logits, label).item() == pytest.approx(expected, rel=1e-5)
+    logits2 = torch.cat([logits, logits], dim=-1)
+    label2 = torch.tensor([[[0, 255]]])
+    assert losses.cross_entropy(logits2, label2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_balanced_bce_weights_positives_by_negative_fraction():
+    logits = torch.zeros(1, 1, 1, 4)  # every pixel: BCE = log 2
+    label = torch.tensor([[[1, 0, 0, 0]]])
+    # pos fraction 1/4: positive weight 3/4, negatives 1/4 each -> weighted mean = log 2
+    assert losses.balanced_bce(logits, label).item() == pytest.approx(math.log(2), rel=1e-6)
+    logits = torch.tensor([[[[0.0, 10.0, 10.0, 10.0]]]])
+    # positive: log2 * 3/4; negatives: softplus(10) * 1/4 each; divided by the weight sum 3/2
+    expected = (0.75 * math.log(2) + 3 * 0.25 * math.log1p(math.exp(10))) / 1.5
+    assert losses.balanced_bce(logits, label).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("fn,out,label", [
+    (losses.cross_entropy, torch.randn(2, 3, 4, 4), torch.full((2, 4, 4), 255)),
+    (losses.depth_l1, torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)),
+    (losses.normals_l1, torch.randn(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)),
+    (losses.balanced_bce, torch.randn(2, 1, 4, 4), torch.full((2, 4, 4), 255)),
+    (losses.weighted_bce, torch.randn(2, 1, 4, 4), torch.full((2, 4, 4), 255)),
+])
+def test_no_valid_pixel_gives_zero_with_a_gradient_path(fn, out, label):
+    out = out.clone().requires_grad_(True)
+    loss = fn(out, label)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    loss.backward()
+    assert out.grad is not None and torch.equal(out.grad, torch.zeros_like(out))
