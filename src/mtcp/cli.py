@@ -3,7 +3,8 @@
 A LightningCLI over `MultiTaskModule` and `MultiTaskDataModule`. The data module
 tells the model its tasks' output widths (argument link), the balancer is a required
 top-level argument (``balancer:``, so a ``trainer.callbacks`` list in a stacked
-config cannot drop it), and checkpointing is configured under ``checkpoint:``.
+config cannot drop it); checkpointing (``checkpoint:``) and prediction pictures
+(``pictures:``) are top-level too.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from mtcp.balancers import Balancer
+from mtcp.callbacks.prediction_grid import PredictionGrid
+from mtcp.callbacks.save_config import SaveConfigToLoggers
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.module import MultiTaskModule
 
@@ -34,7 +40,16 @@ class MTCPCLI(LightningCLI):
             "checkpoint.filename": "best-{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_lightning_class_args(PredictionGrid, "pictures")
         parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Use a rich progress bar unless the bar is disabled or another one is configured."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(RichProgressBar(leave=True))
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def after_validate(self) -> None:
         self._write_metrics("validate")
@@ -74,6 +89,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI | None:
         run=run,
         seed_everything_default=0,
         auto_configure_optimizers=False,
+        save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RichProgressBar(leave=True), LearningRateMonitor("step")]},
+        trainer_defaults={"callbacks": [LearningRateMonitor("step")]},
     )

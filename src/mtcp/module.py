@@ -77,6 +77,13 @@ class MultiTaskModule(L.LightningModule):
         self.deep_supervision_weight = deep_supervision_weight
         self.register_buffer("task_weights", torch.ones(len(self.tasks)))
         self.loss_projection = "identity"
+        #: set by a balancer whose objective is not ``sum_t w_t proj(L_t)`` (GLS, FAMO, uncertainty
+        #: weighting): ``(module, projected losses [T]) -> total``
+        self.loss_combiner: Callable[[MultiTaskModule, Tensor], Tensor] | None = None
+        #: learnable parameters of a balancer (uncertainty weighting's log-variances), filled by the
+        #: balancer's ``setup`` (before ``configure_optimizers`` and the DDP wrapping), so that the
+        #: optimizer updates them, DDP synchronises them and the checkpoint holds them
+        self.balancer_params = nn.ParameterDict()
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({t.name: t.make_metric(c) for t, c in zip(self.tasks, task_channels.values(),
                                                                              strict=True)})
@@ -117,7 +124,10 @@ class MultiTaskModule(L.LightningModule):
                 f"{batch['meta']['id']}); check these samples' labels and the learning rate"
             )
         projected = PROJECTIONS[self.loss_projection](losses)
-        total = (self.task_weights.detach() * projected).sum()
+        if self.loss_combiner is not None:
+            total = self.loss_combiner(self, projected)
+        else:
+            total = (self.task_weights.detach() * projected).sum()
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in zip(self.task_names, losses, strict=True):
@@ -162,7 +172,12 @@ class MultiTaskModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        params: Any = self.parameters()
+        if len(self.balancer_params) > 0:  # no weight decay on a balancer's parameters
+            balancer = set(map(id, self.balancer_params.parameters()))
+            params = [{"params": [p for p in self.parameters() if id(p) not in balancer]},
+                      {"params": list(self.balancer_params.parameters()), "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -171,6 +186,13 @@ class MultiTaskModule(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a balancer's parameters (uncertainty weighting) exist only once its setup ran: create
+        # them from the checkpoint so that strict loading works without that balancer too
+        for key, value in checkpoint.get("state_dict", {}).items():
+            if key.startswith("balancer_params."):
+                name = key.split(".", 1)[1]
+                if name not in self.balancer_params:
+                    self.balancer_params[name] = nn.Parameter(torch.zeros_like(value))
         saved = dict(checkpoint.get("hyper_parameters", {}).get("task_channels", {}))
         if saved and saved != self.task_channels:
             raise ValueError(

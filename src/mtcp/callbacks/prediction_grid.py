@@ -1,0 +1,85 @@
+"""Log a picture grid of predictions during validation.
+
+One row per sample: the image, then ground truth and prediction side by side for
+every task. Sent to every active logger that takes images (W&B, TensorBoard) and
+always saved as ``<default_root_dir>/pictures/val_epoch<NNN>.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
+
+from mtcp.visualize import colorize, image_to_rgb
+
+
+def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], task_channels: dict[str, int],
+                    num_samples: int, gap: int = 2) -> np.ndarray:
+    """Compose image | (label, prediction) per task for the first ``num_samples`` samples."""
+    rows = []
+    for i in range(min(num_samples, batch["image"].shape[0])):
+        tiles = [image_to_rgb(batch["image"][i])]
+        for task, channels in task_channels.items():
+            label = batch[task][i]
+            depth_range = None
+            if task == "depth":
+                valid = label[label > 0]
+                depth_range = (float(valid.min()), float(valid.max())) if valid.numel() else None
+            tiles.append(colorize(task, label, channels, is_label=True, depth_range=depth_range))
+            tiles.append(colorize(task, outputs[task][i], channels, depth_range=depth_range))
+        h = tiles[0].shape[0]
+        spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
+        row = [t for tile in tiles for t in (tile, spacer)][:-1]
+        rows.append(np.concatenate(row, axis=1))
+    spacer = np.full((gap, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    return np.concatenate([r for row in rows for r in (row, spacer)][:-1], axis=0)
+
+
+class PredictionGrid(L.Callback):
+    """Every ``every_n_epochs`` validation epochs, picture the first validation batch.
+
+    Args:
+        every_n_epochs: how often to draw (1 = every validation epoch, 0 = never).
+        num_samples: rows in the grid.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 4) -> None:
+        if every_n_epochs < 0 or num_samples <= 0:
+            raise ValueError(f"pictures.every_n_epochs must be >= 0 and pictures.num_samples > 0; got "
+                             f"{every_n_epochs}, {num_samples}")
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self._batch: dict[str, Any] | None = None
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and self.every_n_epochs and trainer.is_global_zero and not trainer.sanity_checking:
+            self._batch = batch
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None or trainer.current_epoch % self.every_n_epochs:
+            return
+        with torch.no_grad():
+            outputs = pl_module(batch["image"][: self.num_samples])["final"]
+        grid = prediction_grid(batch, outputs, pl_module.task_channels, self.num_samples)
+        self.publish(trainer, grid)
+
+    def publish(self, trainer: L.Trainer, grid: np.ndarray) -> Path:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="val/predictions", images=[grid], step=step,
+                                 caption=[f"epoch {epoch}: image | label, prediction per task"])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/predictions", grid, step, dataformats="HWC")
+        path = Path(trainer.default_root_dir) / "pictures" / f"val_epoch{epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        return path

@@ -1,0 +1,156 @@
+"""The MT-CP network (DESIGN.md section 2): shared pixel map R, per-task decoders, trace-back.
+
+    image -> backbone -> pixel decoder (FPN)      -> P @1/4 (+ 1/8, 1/16, 1/32 for the queries)
+          -> query decoder                        -> M, mask logits;  R = fuse(P, M, mask logits)
+    per task t: task decoder(R)                   -> S_t = [D@1/4, 2D@1/8, 4D@1/16], X_t @1/4
+    per task t: CFM_t(X_t, {X_a : a != t})        -> C_t        -> head "initial"
+    per task t: SRM chain over S_t seeded with C_t -> 1/16, 1/8, 1/4 -> heads "srm1", "srm2", "final"
+
+Ablations, each keeping every built parameter on the gradient path (DDP with
+``find_unused_parameters=False``):
+
+- ``use_query_decoder=False``: R = P (no queries; the pixel decoder keeps only P).
+- ``use_cfm=False``: C_t = X_t, so the trace-back is seeded by X_t and "initial" is the
+  head on X_t: a real prediction (the task decoder's own), and it keeps the set of
+  supervised levels, hence the loss composition, the same as the full model's.
+- ``use_trace_back=False``: the final head reads C_t; there are no "initial", "srm1",
+  "srm2" levels ("initial" would duplicate "final").
+- one task: there are no other tasks to be coherent with, so no CFM is built and
+  C_t = X_t (as with ``use_cfm=False``); a self-attention stand-in would be a different
+  module, not the ablated one.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtcp.models.backbone import TimmBackbone
+from mtcp.models.cfm import CoherenceFusion, resolve_scale
+from mtcp.models.fpn import FPN
+from mtcp.models.heads import make_heads
+from mtcp.models.padding import crop_outputs, pad_to_multiple
+from mtcp.models.query_decoder import FUSIONS, QueryDecoder, fuse
+from mtcp.models.srm import TraceBack
+from mtcp.models.task_decoder import TaskDecoder
+
+#: the pixel-decoder levels the query decoder can visit (beyond P at 1/4): 1/8, 1/16, 1/32
+MAX_QUERY_LEVELS = 3
+
+
+class MTCPNet(nn.Module):
+    """MT-CP: predictions per level (``final``, ``initial``, ``srm1``, ``srm2``) and task.
+
+    Args:
+        task_channels: output width of every task (given by the data module).
+        backbone: the timm backbone adapter (resnet18 when None).
+        dim: D, the width of P, R, X_t, C_t and the SRM predictions.
+        num_queries: N, the query decoder's learnable queries.
+        query_layers: L, query decoder layers; they visit the levels 1/32, 1/16, 1/8 in
+            turn (with L < 3 only the finest L of them).
+        query_heads: attention heads of the query decoder.
+        query_ffn_dim: FFN width of the query decoder (8 D when None, Mask2Former's 2048 at D = 256).
+        fusion: ``"query"`` (R = P + P * softmax_n(mask logits)^T M) or ``"reference"`` (the
+            authors' P * sum_n mask logits); see `mtcp.models.query_decoder`.
+        attention_scale: the CFM's softmax scale: None = 1/sqrt(D), ``"none"`` = 1.0 (the authors').
+        decoder_depths: Swin blocks in each task-decoder stage.
+        decoder_heads: attention heads of the task-decoder stages.
+        window: Swin window of the task decoders.
+        use_query_decoder, use_cfm, use_trace_back: ablation switches (module doc).
+    """
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        backbone: TimmBackbone | None = None,
+        dim: int = 256,
+        num_queries: int = 100,
+        query_layers: int = 3,
+        query_heads: int = 8,
+        query_ffn_dim: int | None = None,
+        fusion: str = "query",
+        attention_scale: float | str | None = None,
+        decoder_depths: tuple[int, int, int] = (1, 2, 1),
+        decoder_heads: int = 2,
+        window: int = 7,
+        use_query_decoder: bool = True,
+        use_cfm: bool = True,
+        use_trace_back: bool = True,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"model.net.fusion: unknown fusion {fusion!r}; choose one of {list(FUSIONS)}")
+        if use_query_decoder and query_layers < 1:
+            raise ValueError(f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}")
+        if len(decoder_depths) != 3:
+            raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
+        resolve_scale(attention_scale, dim)  # fail at construction on a bad value
+        self.task_channels = dict(task_channels)
+        self.tasks = list(self.task_channels)
+        self.fusion = fusion
+        self.backbone = backbone or TimmBackbone()
+        levels = min(query_layers, MAX_QUERY_LEVELS) if use_query_decoder else 0
+        self.pixel_decoder = FPN(self.backbone.channels, dim, num_outputs=1 + levels)
+        self.query_decoder = (
+            QueryDecoder(dim, num_queries, query_layers, levels, query_heads, query_ffn_dim or 8 * dim)
+            if use_query_decoder else None
+        )
+        self.task_decoders = nn.ModuleDict(
+            {t: TaskDecoder(dim, tuple(decoder_depths), decoder_heads, window) for t in self.tasks}
+        )
+        widths = self.task_decoders[self.tasks[0]].widths
+        self.cfm = (
+            nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale) for t in self.tasks})
+            if use_cfm and len(self.tasks) > 1 else None
+        )
+        self.trace_back = nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
+        self.levels = ["final", "initial", "srm1", "srm2"] if use_trace_back else ["final"]
+        self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim) for level in self.levels})
+
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are padded to the backbone's coarsest stride (the Swin stages pad themselves)."""
+        return max(self.backbone.strides)
+
+    def forward_features(self, image: Tensor) -> dict[str, Tensor | dict[str, Tensor | list[Tensor]]]:
+        """Every intermediate map for a padded image: P, M, mask logits, R, and per task S, X, C, trace."""
+        feats = self.pixel_decoder(self.backbone(image))
+        pixels = feats[0]
+        out: dict = {"P": pixels}
+        if self.query_decoder is not None:
+            levels = feats[1:][::-1]  # coarse to fine
+            queries, masks = self.query_decoder(levels, pixels)
+            shared = fuse(pixels, queries, masks, self.fusion)
+            out.update(M=queries, mask_logits=masks)
+        else:
+            shared = pixels
+        out["R"] = shared
+        decoded = {t: self.task_decoders[t](shared) for t in self.tasks}
+        out["X"] = {t: x for t, (x, _) in decoded.items()}
+        out["S"] = {t: s for t, (_, s) in decoded.items()}
+        if self.cfm is not None:
+            out["C"] = {t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks}
+        else:
+            out["C"] = dict(out["X"])
+        if self.trace_back is not None:
+            out["trace"] = {t: self.trace_back[t](out["C"][t], out["S"][t]) for t in self.tasks}
+        return out
+
+    def forward(self, image: Tensor) -> dict[str, dict[str, Tensor]]:
+        """``image`` [B, 3, H, W] in [0, 1], any H, W -> predictions per level and task at H x W."""
+        size = tuple(image.shape[-2:])
+        padded = pad_to_multiple(image, self.pad_multiple)
+        full = tuple(padded.shape[-2:])
+        feats = self.forward_features(padded)
+        if self.trace_back is None:
+            sources = {"final": feats["C"]}
+        else:
+            srm1, srm2, final = zip(*(feats["trace"][t] for t in self.tasks), strict=True)
+            sources = {
+                "final": dict(zip(self.tasks, final, strict=True)),
+                "initial": feats["C"],
+                "srm1": dict(zip(self.tasks, srm1, strict=True)),
+                "srm2": dict(zip(self.tasks, srm2, strict=True)),
+            }
+        outputs = {level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks}
+                   for level in self.levels}
+        return crop_outputs(outputs, size)

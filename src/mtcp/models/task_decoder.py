@@ -1,0 +1,68 @@
+"""A task's own decoder ("hierarchical feature processing"): three Swin stages over R, then an FPN.
+
+Stage widths D, 2D, 4D at strides 4, 8, 16 (depths 1, 2, 1; 2 heads; window 7; timm's
+patch merging between stages), DESIGN.md section 2. The stages are timm's
+`SwinTransformerStage`, which works on NHWC maps. timm pads a map that is not a
+multiple of the window only *after* its cyclic shift, so the shifted-window mask then
+no longer matches where the rolled content wraps; each stage here therefore pads its
+input to a multiple of the window *before* the blocks (``always_partition`` keeps the
+window at 7 for small maps, ``dynamic_mask`` builds the mask for the padded size) and
+crops back, which makes any feature-map size work with Swin's own semantics.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformerStage
+from torch import Tensor, nn
+
+from mtcp.models.fpn import FPN
+
+
+class PaddedSwinStage(nn.Module):
+    """timm's Swin stage (optional patch merging, then blocks) for NHWC maps of any size."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, heads: int, window: int, downsample: bool) -> None:
+        super().__init__()
+        self.window = window
+        self.stage = SwinTransformerStage(
+            dim=in_dim, out_dim=out_dim, input_resolution=(2 * window, 2 * window), depth=depth,
+            downsample=downsample, num_heads=heads, window_size=window, always_partition=True, dynamic_mask=True,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage.downsample(x)  # patch merging pads odd sizes itself
+        h, w = x.shape[1:3]
+        ph, pw = -h % self.window, -w % self.window
+        if ph or pw:
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        return self.stage.blocks(x)[:, :h, :w].contiguous()
+
+
+class TaskDecoder(nn.Module):
+    """R [B, D, H, W] -> (X_t [B, D, H, W], S_t = [D@H, 2D@H/2, 4D@H/4]), all NCHW.
+
+    Args:
+        dim: D, the width of R.
+        depths: blocks per stage.
+        heads: attention heads of every stage.
+        window: Swin window size.
+    """
+
+    def __init__(self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7) -> None:
+        super().__init__()
+        widths = [dim * 2**i for i in range(len(depths))]
+        self.stages = nn.ModuleList(
+            PaddedSwinStage(widths[max(i - 1, 0)], widths[i], depth, heads, window, downsample=i > 0)
+            for i, depth in enumerate(depths)
+        )
+        self.fpn = FPN(widths, dim, num_outputs=1)
+        self.widths = widths
+
+    def forward(self, shared: Tensor) -> tuple[Tensor, list[Tensor]]:
+        x = shared.permute(0, 2, 3, 1)
+        stages = []
+        for stage in self.stages:
+            x = stage(x)
+            stages.append(x.permute(0, 3, 1, 2).contiguous())
+        return self.fpn(stages)[0], stages
