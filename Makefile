@@ -12,7 +12,7 @@ ARGS    ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help venv fit test test-fast lint format bench clean
+.PHONY: help venv fit test test-fast lint format bench sweep agent clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# wandb's local sweep engine pins numpy<2 without needing it: install it beside numpy 2
+	$(PY) -m pip install --quiet --no-deps 'sweeps==0.3.0'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install mtcp with its dev tools
@@ -42,6 +44,14 @@ lint: venv  ## ruff
 format: venv  ## ruff format + fix imports
 	$(PY) -m ruff check --fix --select I src tests benchmarks
 	$(PY) -m ruff format src tests benchmarks
+
+SWEEP ?= configs/sweeps/lps_procedural.yaml
+sweep: venv  ## create a W&B sweep from SWEEP=configs/sweeps/....yaml (needs `wandb login`)
+	WANDB_MODE=online $(VENV)/bin/wandb sweep $(SWEEP)
+
+agent: venv  ## run a W&B sweep agent: make agent SWEEP_ID=entity/project/id
+	@test -n "$(SWEEP_ID)" || (echo "usage: make agent SWEEP_ID=<entity>/<project>/<id>"; exit 2)
+	WANDB_MODE=online $(VENV)/bin/wandb agent $(SWEEP_ID)
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ from conftest import ROOT, run_env
 from mtcp.cli import cli_main
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.data.sources.procedural import ProceduralScenes
+from mtcp.module import MultiTaskModule
 
 
 def test_fit_saves_checkpoints_and_validate_writes_metrics(tiny_run, tmp_path):
@@ -25,6 +26,11 @@ def test_fit_saves_checkpoints_and_validate_writes_metrics(tiny_run, tmp_path):
     for key in ("val/semseg/miou", "val/depth/rmse", "val/normals/mean", "val/loss"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     assert 0.0 <= metrics["val/semseg/miou"] <= 100.0 and metrics["val/depth/rmse"] > 0
+    # a notebook can rebuild the exact network from the checkpoint alone
+    loaded = MultiTaskModule.load_from_checkpoint(last, map_location="cpu")
+    saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    assert loaded.net.backbone.name == "test_convnext" and list(loaded.task_channels) == ["semseg", "depth", "normals"]
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
 
 
 def test_checkpoint_from_other_tasks_fails_naming_them(tiny_run, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -50,6 +49,19 @@ class MTCPCLI(LightningCLI):
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar(leave=True))
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
+    def before_instantiate_classes(self) -> None:
+        """``--data.root`` is short for the source's ``root`` (NYUD-v2, PASCAL-Context): copy it there."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.get("data.root")
+        if root is None:
+            return
+        source = config.get("data.source")
+        init_args = source.get("init_args") if source is not None else None
+        if init_args is None or "root" not in init_args:
+            name = source.get("class_path") if source is not None else None
+            raise ValueError(f"data.root is set but data source {name} reads no dataset folder (it has no `root`)")
+        init_args.root = root
 
     def after_validate(self) -> None:
         self._write_metrics("validate")

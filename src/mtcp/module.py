@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
+from mtcp.data.collate import align_outputs
+from mtcp.metrics.coherence import DepthNormalsCoherence, SemsegDepthCoherence
+from mtcp.metrics.delta_m import delta_m, load_single_task_metrics
 from mtcp.optim import PolyLR, SchedulerFactory
 from mtcp.tasks import Task, check_task_names, get_task
 
@@ -54,6 +57,12 @@ class MultiTaskModule(L.LightningModule):
             number of steps (poly decay, power 0.9, by default); None for a constant LR.
         deep_supervision_weight: weight of the intermediate predictions' losses
             (levels other than ``final``) in each task's loss; the authors use 0.5.
+        single_task_metrics: metric JSON files of single-task reference runs (their
+            ``test_metrics.json``); when given, ``val/delta_m`` and ``test/delta_m`` are logged
+            (`mtcp.metrics.delta_m`).
+        coherence: log the cross-task coherence metrics (`mtcp.metrics.coherence`) as
+            ``<stage>/coherence/...`` when the tasks include depth and normals (needs
+            ``meta["intrinsics"]``) or semseg and depth.
     """
 
     def __init__(
@@ -63,9 +72,11 @@ class MultiTaskModule(L.LightningModule):
         optimizer: OptimizerFactory = default_optimizer,
         scheduler: SchedulerFactory | None = default_scheduler,
         deep_supervision_weight: float = 0.5,
+        single_task_metrics: list[str] | None = None,
+        coherence: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters()
         check_task_names(list(task_channels), setting="model.task_channels")
         if deep_supervision_weight < 0:
             raise ValueError(f"model.deep_supervision_weight must be >= 0; got {deep_supervision_weight}")
@@ -91,6 +102,17 @@ class MultiTaskModule(L.LightningModule):
         })
         self.eval_losses = nn.ModuleDict({
             stage: nn.ModuleDict({t.name: MeanMetric() for t in self.tasks}) for stage in ("val", "test")
+        })
+        # loaded now, so that a missing or incomplete reference file fails before training
+        self.single_task_metrics = (
+            load_single_task_metrics(single_task_metrics, self.task_names) if single_task_metrics else None)
+        names = set(self.task_names)
+        self.coherence_metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({
+                **({"depth_normals": DepthNormalsCoherence()} if coherence and {"depth", "normals"} <= names else {}),
+                **({"semseg_depth": SemsegDepthCoherence()} if coherence and {"semseg", "depth"} <= names else {}),
+            })
+            for stage in ("val", "test")
         })
 
     @property
@@ -136,24 +158,41 @@ class MultiTaskModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
-        outputs = self(batch["image"])
+        raw = self(batch["image"])
+        # predictions on the input grid -> each label's original grid (`mtcp.data.collate`)
+        outputs = align_outputs(raw, batch)
         losses = self.task_losses(outputs, batch)
         bs = batch["image"].shape[0]
         for task, loss in zip(self.tasks, losses, strict=True):
             self.eval_losses[stage][task.name].update(loss, bs)
             self.metrics[stage][task.name].update(outputs["final"][task.name], batch[task.name])
+        meta = batch.get("meta", {})
+        coherence = self.coherence_metrics[stage]
+        if "depth_normals" in coherence and "intrinsics" in meta:  # on the input grid, where the intrinsics hold
+            coherence["depth_normals"].update(raw["final"]["depth"], raw["final"]["normals"], meta["intrinsics"],
+                                              meta.get("input_size"))
+        if "semseg_depth" in coherence:
+            coherence["semseg_depth"].update(raw["final"]["semseg"], raw["final"]["depth"], meta.get("input_size"))
 
     def _eval_epoch_end(self, stage: str) -> None:
         total = 0.0
+        headline: dict[str, float] = {}
         for task in self.tasks:
             loss = self.eval_losses[stage][task.name].compute()
             total = total + loss
             self.log(f"{stage}/loss_{task.name}", loss)
             values = self.metrics[stage][task.name].compute()
             self.log_dict({f"{stage}/{task.name}/{k}": v for k, v in values.items()})
+            headline[f"{stage}/{task.name}/{task.headline}"] = float(values[task.headline])
             self.metrics[stage][task.name].reset()
             self.eval_losses[stage][task.name].reset()
         self.log(f"{stage}/loss", total, prog_bar=stage == "val")
+        for metric in self.coherence_metrics[stage].values():  # every rank computes: it synchronises
+            values = metric.compute()
+            self.log_dict({f"{stage}/coherence/{k}": v for k, v in values.items() if bool(torch.isfinite(v))})
+            metric.reset()
+        if self.single_task_metrics is not None:
+            self.log(f"{stage}/delta_m", delta_m(headline, self.single_task_metrics, self.task_names, stage))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)

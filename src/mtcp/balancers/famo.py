@@ -83,8 +83,9 @@ class FAMO(Balancer):
         if previous is None:
             return None
         valid = (previous > 0) & (current > 0)
-        delta = torch.where(valid, torch.log(previous.clamp_min(1e-300)) - torch.log(current.clamp_min(1e-300)),
-                            torch.zeros_like(current))
+        log_previous = torch.log(previous.clamp_min(1e-300))
+        log_current = torch.log(current.clamp_min(1e-300))
+        delta = torch.where(valid, log_previous - log_current, torch.zeros_like(current))
         z = torch.softmax(self.logits.detach(), dim=0)
         self.optimizer.zero_grad()
         self.logits.grad = z * (delta - (z * delta).sum())

@@ -38,7 +38,8 @@ class FixedWeights(Balancer):
         unknown = [n for n in self.task_weight_map if n not in self.task_names]
         if unknown:
             raise ValueError(
-                f"balancer.init_args.weights: {unknown} not task(s) of the model; its tasks are {self.task_names}"
+                f"balancer.init_args.weights: {unknown} not task(s) of the model; "
+                f"its tasks are {self.task_names}"
             )
         self.weights = torch.tensor([self.task_weight_map.get(n, self.default) for n in self.task_names])
 

@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from mtcp.data.samplers import UnpaddedDistributedSampler
+from mtcp.data.collate import PadCollate
+from mtcp.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from mtcp.data.sources.base import DataSource, Split
 from mtcp.data.transforms import Augmentation
 from mtcp.tasks import check_task_names, get_task
 
 
 class TransformedDataset(Dataset):
-    """Apply a per-sample transform on top of a source's dataset (in the worker)."""
+    """Apply a random per-sample transform on top of a source's dataset (in the worker).
 
-    def __init__(self, dataset: Dataset, transform: Callable[[dict], dict]) -> None:
+    Indexed by ``(epoch, index)`` keys (`EpochShuffleSampler`), the transform draws from a
+    generator seeded by (seed, epoch, index): the same key gives the same augmented sample
+    in any worker, process or resumed run. A plain index uses torch's global generator.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[..., dict], seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> dict:
-        return self.transform(self.dataset[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            epoch, index = key
+            state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(state))
+            return self.transform(self.dataset[index], generator=generator)
+        return self.transform(self.dataset[key])
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -40,6 +56,16 @@ class MultiTaskDataModule(L.LightningDataModule):
         num_workers: loader worker processes per GPU.
         pin_memory: page-locked host buffers for faster host-to-GPU copies.
         augmentation: train-time joint augmentation; None trains on raw samples.
+        seed: seed of the training order and augmentation (default: the run's
+            ``seed_everything`` value); see `mtcp.data.samplers.EpochShuffleSampler`.
+        eval_size: (H, W) input grid of validation/test/predict batches (default: the
+            source's ``image_size``); labels stay at their original size (`mtcp.data.collate`).
+        eval_mode: ``"pad"`` pads images to ``eval_size`` (downscaling only larger ones);
+            ``"resize"`` resizes every image to ``eval_size``. Predictions are mapped back
+            to each label's original resolution before scoring either way.
+        root: the dataset folder, for sources that read one (NYUD-v2, PASCAL-Context); the
+            CLI hands it to the source (``--data.root`` is short for
+            ``--data.source.init_args.root``).
     """
 
     def __init__(
@@ -51,6 +77,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = True,
         augmentation: Augmentation | None = Augmentation(),  # noqa: B008
+        seed: int | None = None,
+        eval_size: tuple[int, int] | None = None,
+        eval_mode: Literal["pad", "resize"] = "pad",
+        root: str | None = None,
     ) -> None:
         super().__init__()
         self.tasks = check_task_names(tasks)
@@ -66,6 +96,15 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.augmentation = augmentation
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        self.train_collate = PadCollate()
+        self.eval_collate = PadCollate(tuple(eval_size or source.image_size), eval_mode)  # type: ignore[arg-type]
+        if root is not None:
+            source_root = getattr(source, "root", None)
+            if source_root is None:
+                raise ValueError(f"data.root is set but data source {type(source).__name__} reads no dataset folder")
+            if Path(root).expanduser() != Path(source_root):
+                raise ValueError(f"data.root={root!r} differs from the source's root {str(source_root)!r}")
         self._datasets: dict[Split, Dataset] = {}
 
     @property
@@ -78,25 +117,27 @@ class MultiTaskDataModule(L.LightningDataModule):
         if split not in self._datasets:
             ds = self.source.dataset(split, self.tasks)
             if split == "train" and self.augmentation is not None:
-                ds = TransformedDataset(ds, self.augmentation)
+                ds = TransformedDataset(ds, self.augmentation, self.seed)
             self._datasets[split] = ds
         return self._datasets[split]
 
     def _loader(self, split: Split) -> DataLoader:
         ds = self.dataset(split)
         train = split == "train"
-        sampler = None
-        if not train and dist.is_available() and dist.is_initialized():
-            sampler = UnpaddedDistributedSampler(ds)
+        distributed = dist.is_available() and dist.is_initialized()
+        if train:
+            sampler = EpochShuffleSampler(ds, self.seed, distributed)
+        else:
+            sampler = UnpaddedDistributedSampler(ds) if distributed else None
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train and len(ds) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.train_collate if train else self.eval_collate,
         )
 
     def train_dataloader(self) -> DataLoader:

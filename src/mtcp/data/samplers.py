@@ -1,4 +1,9 @@
-"""Distributed evaluation without padding.
+"""Samplers: deterministic training order, and distributed evaluation without padding.
+
+`EpochShuffleSampler` draws the training order from (seed, epoch) alone and yields
+``(epoch, index)`` keys, so the dataset can seed each sample's augmentation from the
+same key: a run resumed from a checkpoint, or run with other worker counts, sees
+exactly the same training data.
 
 `torch.utils.data.DistributedSampler` pads the index list so that every rank gets the
 same count; the duplicated samples would be counted twice by pooled metrics. This
@@ -12,6 +17,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from torch.utils.data import DistributedSampler
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffle from (seed, epoch), shard across DDP ranks, yield ``(epoch, index)`` keys.
+
+    Lightning calls `set_epoch` at every epoch start and leaves an existing
+    `DistributedSampler` in place. Without a process group it is a plain seeded shuffle.
+    """
+
+    def __init__(self, dataset, seed: int, distributed: bool) -> None:
+        replicas = dict(num_replicas=1, rank=0) if not distributed else {}
+        super().__init__(dataset, shuffle=True, seed=seed, drop_last=False, **replicas)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((self.epoch, i) for i in super().__iter__())
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

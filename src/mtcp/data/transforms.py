@@ -5,13 +5,15 @@ labels by nearest neighbour; a zoom by ``s`` divides depth by ``s`` (the scene l
 ``s`` times closer) and scales the intrinsics; a horizontal flip negates the normals'
 x component; an in-plane rotation rotates the normals' (x, y) components; padding
 fills class labels with 255 and depth/normals with 0 (invalid). Photometric jitter
-touches the image only. Randomness comes from torch's global generator, which
-Lightning seeds per worker, so runs are reproducible under ``seed_everything``.
+touches the image only. Randomness comes from the ``generator`` passed per sample
+(seeded from the sample's (seed, epoch, index) by the data module), else from torch's
+global generator.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,24 +88,25 @@ class Augmentation:
         if self.rotation < 0 or self.color_jitter < 0:
             raise ValueError("data.augmentation.rotation and color_jitter must be >= 0")
 
-    def _draw_scale(self) -> float:
-        if self.scale_range:
-            lo, hi = min(self.scales), max(self.scales)
-            return lo + (hi - lo) * float(torch.rand(()))
-        return float(self.scales[int(torch.randint(len(self.scales), ()))])
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        def rand() -> float:
+            return float(torch.rand((), generator=generator))
 
-    def __call__(self, sample: Sample) -> Sample:
         image: Tensor = sample["image"]  # type: ignore[assignment]
         h_in, w_in = image.shape[-2:]
         out_h, out_w = self.crop_size or (h_in, w_in)
-        scale = self._draw_scale()
-        angle = math.radians((2 * float(torch.rand(())) - 1) * self.rotation) if self.rotation else 0.0
-        flip = self.flip and bool(torch.rand(()) < 0.5)
+        lo, hi = min(self.scales), max(self.scales)
+        if self.scale_range:
+            scale = lo + (hi - lo) * rand()
+        else:
+            scale = float(self.scales[min(int(rand() * len(self.scales)), len(self.scales) - 1)])
+        angle = math.radians((2 * rand() - 1) * self.rotation) if self.rotation else 0.0
+        flip = self.flip and rand() < 0.5
         # Forward map input pixel -> output pixel: zoom by `scale` about the origin, rotate
         # about the zoomed image centre, then place the zoomed image in the crop at a random offset.
         zh, zw = h_in * scale, w_in * scale
-        off_y = float(torch.rand(())) * (zh - out_h) if zh > out_h else (zh - out_h) / 2
-        off_x = float(torch.rand(())) * (zw - out_w) if zw > out_w else (zw - out_w) / 2
+        off_y = rand() * (zh - out_h) if zh > out_h else (zh - out_h) / 2
+        off_x = rand() * (zw - out_w) if zw > out_w else (zw - out_w) / 2
         cos, sin = math.cos(angle), math.sin(angle)
         cx, cy = zw / 2, zh / 2
         # output p -> zoomed q = R^-1 (p + off - c) + c -> input q / scale
@@ -124,7 +127,7 @@ class Augmentation:
             out["normals"] = _rotate_flip_normals(out["normals"], angle, flip)
         out["meta"] = _transform_intrinsics(sample["meta"], scale, off_x, off_y, out_w, flip, angle)
         if self.color_jitter:
-            out["image"] = _jitter(out["image"], self.color_jitter)
+            out["image"] = _jitter(out["image"], self.color_jitter, rand)
         return out
 
 
@@ -148,10 +151,10 @@ def _transform_intrinsics(meta: dict, scale: float, off_x: float, off_y: float, 
     return {**meta, "intrinsics": torch.tensor([fx, fy, cx, cy], dtype=torch.float32)}
 
 
-def _jitter(image: Tensor, strength: float) -> Tensor:
+def _jitter(image: Tensor, strength: float, rand: Callable[[], float]) -> Tensor:
     """Random brightness, contrast and saturation change of an RGB image in [0, 1]."""
     def factor() -> float:
-        return 1.0 + strength * (2 * float(torch.rand(())) - 1)
+        return 1.0 + strength * (2 * rand() - 1)
 
     image = image * factor()
     mean = image.mean()

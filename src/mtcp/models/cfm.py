@@ -35,7 +35,9 @@ def resolve_scale(scale: float | str | None, dim: int) -> float:
         return 1.0 / math.sqrt(dim)
     if isinstance(scale, str):
         if scale.lower() != "none":
-            raise ValueError(f"attention scale must be a number, None (1/sqrt(d)) or 'none' (1.0); got {scale!r}")
+            raise ValueError(
+                f"attention scale must be a number, None (1/sqrt(d)) or 'none' (1.0); got {scale!r}"
+            )
         return 1.0
     return float(scale)
 
@@ -49,8 +51,10 @@ def spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """softmax(Q K^T * scale) V over all positions of [B, C, H, W] maps, in O(HW) memory."""
     b, _, h, w = v.shape
     if not q.shape[1] == k.shape[1] == v.shape[1]:
-        raise ValueError(f"CFM attention needs equal Q/K/V widths (memory-saving kernel); got "
-                         f"{q.shape[1]}, {k.shape[1]}, {v.shape[1]}")
+        raise ValueError(
+            f"CFM attention needs equal Q/K/V widths (memory-saving kernel); got "
+            f"{q.shape[1]}, {k.shape[1]}, {v.shape[1]}"
+        )
     out = F.scaled_dot_product_attention(_tokens(q), _tokens(k), _tokens(v), scale=scale)
     return out.squeeze(1).transpose(1, 2).reshape(b, v.shape[1], h, w)
 

@@ -80,7 +80,9 @@ class MTCPNet(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"model.net.fusion: unknown fusion {fusion!r}; choose one of {list(FUSIONS)}")
         if use_query_decoder and query_layers < 1:
-            raise ValueError(f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}")
+            raise ValueError(
+                f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}"
+            )
         if len(decoder_depths) != 3:
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
@@ -92,7 +94,8 @@ class MTCPNet(nn.Module):
         self.pixel_decoder = FPN(self.backbone.channels, dim, num_outputs=1 + levels)
         self.query_decoder = (
             QueryDecoder(dim, num_queries, query_layers, levels, query_heads, query_ffn_dim or 8 * dim)
-            if use_query_decoder else None
+            if use_query_decoder
+            else None
         )
         self.task_decoders = nn.ModuleDict(
             {t: TaskDecoder(dim, tuple(decoder_depths), decoder_heads, window) for t in self.tasks}
@@ -100,9 +103,12 @@ class MTCPNet(nn.Module):
         widths = self.task_decoders[self.tasks[0]].widths
         self.cfm = (
             nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale) for t in self.tasks})
-            if use_cfm and len(self.tasks) > 1 else None
+            if use_cfm and len(self.tasks) > 1
+            else None
         )
-        self.trace_back = nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
+        self.trace_back = (
+            nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
+        )
         self.levels = ["final", "initial", "srm1", "srm2"] if use_trace_back else ["final"]
         self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim) for level in self.levels})
 
@@ -128,7 +134,9 @@ class MTCPNet(nn.Module):
         out["X"] = {t: x for t, (x, _) in decoded.items()}
         out["S"] = {t: s for t, (_, s) in decoded.items()}
         if self.cfm is not None:
-            out["C"] = {t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks}
+            out["C"] = {
+                t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks
+            }
         else:
             out["C"] = dict(out["X"])
         if self.trace_back is not None:
@@ -151,6 +159,8 @@ class MTCPNet(nn.Module):
                 "srm1": dict(zip(self.tasks, srm1, strict=True)),
                 "srm2": dict(zip(self.tasks, srm2, strict=True)),
             }
-        outputs = {level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks}
-                   for level in self.levels}
+        outputs = {
+            level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks}
+            for level in self.levels
+        }
         return crop_outputs(outputs, size)

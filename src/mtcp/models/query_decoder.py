@@ -38,7 +38,9 @@ def sine_position_embedding(height: int, width: int, dim: int, like: Tensor) -> 
     Coordinates are normalised to [0, 2*pi], so the embedding is defined for any size.
     """
     if dim % 4:
-        raise ValueError(f"query decoder: the width must be a multiple of 4 for the position embedding; got {dim}")
+        raise ValueError(
+            f"query decoder: the width must be a multiple of 4 for the position embedding; got {dim}"
+        )
     quarter = dim // 4
     freq = 10000.0 ** (-torch.arange(quarter, device=like.device, dtype=torch.float32) / quarter)
     ys = (torch.arange(height, device=like.device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
@@ -82,12 +84,19 @@ class QueryDecoder(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_queries: int = 100, num_layers: int = 3, num_levels: int = 3, heads: int = 8,
+        self,
+        dim: int,
+        num_queries: int = 100,
+        num_layers: int = 3,
+        num_levels: int = 3,
+        heads: int = 8,
         ffn_dim: int = 2048,
     ) -> None:
         super().__init__()
         if not 1 <= num_levels <= num_layers:
-            raise ValueError(f"query decoder: need 1 <= num_levels <= num_layers; got {num_levels}, {num_layers}")
+            raise ValueError(
+                f"query decoder: need 1 <= num_levels <= num_layers; got {num_levels}, {num_layers}"
+            )
         self.num_levels = num_levels
         self.query_feat = nn.Embedding(num_queries, dim)
         self.query_pos = nn.Embedding(num_queries, dim)
@@ -95,7 +104,11 @@ class QueryDecoder(nn.Module):
         self.layers = nn.ModuleList(QueryDecoderLayer(dim, heads, ffn_dim) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.mask_embed = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
+            nn.Linear(dim, dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
         )
 
     def forward(self, levels: list[Tensor], pixels: Tensor) -> tuple[Tensor, Tensor]:

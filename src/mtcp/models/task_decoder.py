@@ -22,12 +22,21 @@ from mtcp.models.fpn import FPN
 class PaddedSwinStage(nn.Module):
     """timm's Swin stage (optional patch merging, then blocks) for NHWC maps of any size."""
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int, heads: int, window: int, downsample: bool) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, depth: int, heads: int, window: int, downsample: bool
+    ) -> None:
         super().__init__()
         self.window = window
         self.stage = SwinTransformerStage(
-            dim=in_dim, out_dim=out_dim, input_resolution=(2 * window, 2 * window), depth=depth,
-            downsample=downsample, num_heads=heads, window_size=window, always_partition=True, dynamic_mask=True,
+            dim=in_dim,
+            out_dim=out_dim,
+            input_resolution=(2 * window, 2 * window),
+            depth=depth,
+            downsample=downsample,
+            num_heads=heads,
+            window_size=window,
+            always_partition=True,
+            dynamic_mask=True,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -49,7 +58,9 @@ class TaskDecoder(nn.Module):
         window: Swin window size.
     """
 
-    def __init__(self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7) -> None:
+    def __init__(
+        self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7
+    ) -> None:
         super().__init__()
         widths = [dim * 2**i for i in range(len(depths))]
         self.stages = nn.ModuleList(

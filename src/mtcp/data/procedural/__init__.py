@@ -5,7 +5,15 @@ shapes analytically, `render` turns it into RGB and every label; the `DataSource
 wrapper lives in `mtcp.data.sources.procedural`.
 """
 
-from mtcp.data.procedural.render import intrinsics, render, render_sample
+from mtcp.data.procedural.render import intrinsics, render_sample, render_scene
 from mtcp.data.procedural.scene import HUMAN_PART_CLASSES, SEMSEG_CLASSES, Scene, sample_scene
 
-__all__ = ["HUMAN_PART_CLASSES", "SEMSEG_CLASSES", "Scene", "intrinsics", "render", "render_sample", "sample_scene"]
+__all__ = [
+    "HUMAN_PART_CLASSES",
+    "SEMSEG_CLASSES",
+    "Scene",
+    "intrinsics",
+    "render_sample",
+    "render_scene",
+    "sample_scene",
+]

@@ -23,6 +23,7 @@ Vec3 = tuple[float, float, float]
 #: hits closer than this to the origin are ignored (self-intersection guard)
 EPS = 1e-4
 _INF = np.float32(np.inf)
+_f32 = np.float32
 
 #: room faces, in this order: floor (y=0), ceiling (y=H), walls x=0, x=W, z=0, z=D
 ROOM_FACE_NORMALS = np.array(
@@ -45,9 +46,9 @@ def room_inside(o: Vec3, dx: Array, dy: Array, dz: Array, size: Vec3) -> tuple[A
     ox, oy, oz = o
     w, h, d = size
     with np.errstate(divide="ignore", invalid="ignore"):
-        tx = _positive_or_inf(np.where(dx > 0, w - ox, -ox) / dx)
-        ty = _positive_or_inf(np.where(dy > 0, h - oy, -oy) / dy)
-        tz = _positive_or_inf(np.where(dz > 0, d - oz, -oz) / dz)
+        tx = _positive_or_inf(np.where(dx > 0, _f32(w - ox), _f32(-ox)) / dx)
+        ty = _positive_or_inf(np.where(dy > 0, _f32(h - oy), _f32(-oy)) / dy)
+        tz = _positive_or_inf(np.where(dz > 0, _f32(d - oz), _f32(-oz)) / dz)
     t = np.minimum(np.minimum(tx, ty), tz)
     face_x = np.where(dx > 0, np.int8(3), np.int8(2))
     face_y = np.where(dy > 0, np.int8(1), np.int8(0))
@@ -102,11 +103,10 @@ def sphere(o: Vec3, dx: Array, dy: Array, dz: Array, center: Vec3, radius: float
     disc = b * b - a * c
     t = (-b - np.sqrt(np.maximum(disc, 0))) / a
     t = np.where((disc >= 0) & (t > EPS), t, _INF)
-    inv_r = 1.0 / radius
-    nx = (ocx + t * dx) * inv_r
-    ny = (ocy + t * dy) * inv_r
-    nz = (ocz + t * dz) * inv_r
-    return t, nx, ny, nz
+    with np.errstate(invalid="ignore"):  # misses (t = inf) give nan normals, never used
+        nx, ny, nz = ocx + t * dx, ocy + t * dy, ocz + t * dz
+        inv = 1 / np.sqrt(nx * nx + ny * ny + nz * nz)  # not 1/r: cancellation in float32
+        return t, nx * inv, ny * inv, nz * inv
 
 
 def cylinder(
@@ -134,9 +134,7 @@ def cylinder(
             t = np.where(cap, tc, t)
         else:
             cap = np.zeros(t.shape, dtype=bool)
-    inv_r = 1.0 / radius
-    on_side = ~cap
-    nx = (ocx + t * dx) * inv_r * on_side
-    ny = cap * np.float32(cap_sign)
-    nz = (ocz + t * dz) * inv_r * on_side
-    return t, nx, ny, nz
+    with np.errstate(invalid="ignore"):  # misses (t = inf) give nan normals, never used
+        nx, nz = ocx + t * dx, ocz + t * dz
+        inv = ~cap / np.sqrt(nx * nx + nz * nz)  # not 1/r: cancellation in float32
+        return t, nx * inv, cap * _f32(cap_sign), nz * inv

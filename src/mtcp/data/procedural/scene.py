@@ -23,14 +23,30 @@ Mat3 = tuple[Vec3, Vec3, Vec3]  # rows
 
 #: semantic classes; structure and decals first, then salient objects
 SEMSEG_CLASSES: tuple[str, ...] = (
-    "floor", "wall", "ceiling", "rug", "picture", "door", "table", "cabinet", "ball", "barrel", "person",
+    "floor",
+    "wall",
+    "ceiling",
+    "rug",
+    "picture",
+    "door",
+    "table",
+    "cabinet",
+    "ball",
+    "barrel",
+    "person",
 )
 FLOOR, WALL, CEILING, RUG, PICTURE, DOOR, TABLE, CABINET, BALL, BARREL, PERSON = range(len(SEMSEG_CLASSES))
 #: classes that are salient (objects and the figure)
 SALIENT_CLASSES = frozenset({TABLE, CABINET, BALL, BARREL, PERSON})
 
 HUMAN_PART_CLASSES: tuple[str, ...] = (
-    "background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg",
+    "background",
+    "head",
+    "torso",
+    "upper_arm",
+    "lower_arm",
+    "upper_leg",
+    "lower_leg",
 )
 HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG = range(1, 7)
 
@@ -179,11 +195,19 @@ def _pick(rng: np.random.Generator, options: list) -> object:
 # ----------------------------------------------------------------------------- palettes
 _FLOOR_COLOURS = [(0.55, 0.37, 0.22), (0.62, 0.48, 0.32), (0.45, 0.45, 0.47), (0.70, 0.66, 0.58)]
 _WALL_COLOURS = [(0.82, 0.80, 0.72), (0.70, 0.78, 0.82), (0.80, 0.72, 0.68), (0.74, 0.80, 0.70)]
-_RUG_COLOURS = [((0.62, 0.12, 0.12), (0.85, 0.70, 0.30)), ((0.15, 0.22, 0.55), (0.80, 0.80, 0.75)),
-                ((0.18, 0.45, 0.25), (0.75, 0.62, 0.35))]
+_RUG_COLOURS = [
+    ((0.62, 0.12, 0.12), (0.85, 0.70, 0.30)),
+    ((0.15, 0.22, 0.55), (0.80, 0.80, 0.75)),
+    ((0.18, 0.45, 0.25), (0.75, 0.62, 0.35)),
+]
 _CABINET_COLOURS = [(0.92, 0.92, 0.90), (0.35, 0.35, 0.38), (0.55, 0.60, 0.68), (0.75, 0.55, 0.35)]
-_BALL_COLOURS = [(0.90, 0.15, 0.10), (0.95, 0.80, 0.10), (0.15, 0.35, 0.90), (0.95, 0.50, 0.10),
-                 (0.20, 0.75, 0.25)]
+_BALL_COLOURS = [
+    (0.90, 0.15, 0.10),
+    (0.95, 0.80, 0.10),
+    (0.15, 0.35, 0.90),
+    (0.95, 0.50, 0.10),
+    (0.20, 0.75, 0.25),
+]
 _BARREL_COLOURS = [(0.20, 0.45, 0.75), (0.25, 0.55, 0.30), (0.60, 0.62, 0.65), (0.70, 0.20, 0.20)]
 _SKIN = [(0.92, 0.75, 0.62), (0.78, 0.57, 0.42), (0.55, 0.38, 0.26), (0.36, 0.24, 0.17)]
 _SHIRT = [(0.85, 0.15, 0.20), (0.20, 0.40, 0.80), (0.95, 0.95, 0.95), (0.20, 0.65, 0.35), (0.95, 0.70, 0.15)]
@@ -239,8 +263,13 @@ def _table(lay: _Layout) -> list[Primitive]:
     yaw = _u(rng, 0.0, math.pi)
     rot = rot_y(yaw)
     axes = _columns(rot)
-    surf = Surface(TABLE, lay.new_inst(), colour_a=_jitter(rng, (0.55, 0.35, 0.18)),
-                   texture=GRAIN, params=(_u(rng, 4.0, 9.0), _u(rng, 0.0, 1.0)))
+    surf = Surface(
+        TABLE,
+        lay.new_inst(),
+        colour_a=_jitter(rng, (0.55, 0.35, 0.18)),
+        texture=GRAIN,
+        params=(_u(rng, 4.0, 9.0), _u(rng, 0.0, 1.0)),
+    )
     surf.colour_b = _scale(surf.colour_a, 0.7)
     x, z = spot
     top = 0.025
@@ -249,8 +278,15 @@ def _table(lay: _Layout) -> list[Primitive]:
     for sx in (-1, 1):
         for sz in (-1, 1):
             off = _matvec(rot, (sx * (w / 2 - 0.07), 0.0, sz * (d / 2 - 0.07)))
-            prims.append(Primitive("box", surf, (x + off[0], (h - 2 * top) / 2, z + off[2]), axes,
-                                   (leg, (h - 2 * top) / 2, leg)))
+            prims.append(
+                Primitive(
+                    "box",
+                    surf,
+                    (x + off[0], (h - 2 * top) / 2, z + off[2]),
+                    axes,
+                    (leg, (h - 2 * top) / 2, leg),
+                )
+            )
     return prims
 
 
@@ -261,10 +297,19 @@ def _cabinet(lay: _Layout) -> list[Primitive]:
     if spot is None:
         return []
     a = _jitter(rng, _pick(rng, _CABINET_COLOURS))  # type: ignore[arg-type]
-    surf = Surface(CABINET, lay.new_inst(), colour_a=a, colour_b=_scale(a, 0.45), texture=DRAWERS,
-                   params=(_u(rng, 0.2, 0.45),))
-    return [Primitive("box", surf, (spot[0], h / 2, spot[1]), _yaw_axes(_u(rng, 0.0, math.pi)),
-                      (w / 2, h / 2, d / 2))]
+    surf = Surface(
+        CABINET,
+        lay.new_inst(),
+        colour_a=a,
+        colour_b=_scale(a, 0.45),
+        texture=DRAWERS,
+        params=(_u(rng, 0.2, 0.45),),
+    )
+    return [
+        Primitive(
+            "box", surf, (spot[0], h / 2, spot[1]), _yaw_axes(_u(rng, 0.0, math.pi)), (w / 2, h / 2, d / 2)
+        )
+    ]
 
 
 def _ball(lay: _Layout, furniture: list[Primitive]) -> list[Primitive]:
@@ -272,10 +317,21 @@ def _ball(lay: _Layout, furniture: list[Primitive]) -> list[Primitive]:
     r = _u(rng, 0.1, 0.28)
     a = _jitter(rng, _pick(rng, _BALL_COLOURS))  # type: ignore[arg-type]
     b = _jitter(rng, _pick(rng, _BALL_COLOURS))  # type: ignore[arg-type]
-    surf = Surface(BALL, lay.new_inst(), colour_a=a, colour_b=b, texture=BAND, params=(r,),
-                   depth_invalid=bool(rng.random() < 0.15))
-    tops = [p for p in furniture if p.kind == "box" and (p.surface.cls == CABINET or (
-        p.surface.cls == TABLE and p.center[1] - p.half[1] > 0.1))]  # cabinets and table tops, not legs
+    surf = Surface(
+        BALL,
+        lay.new_inst(),
+        colour_a=a,
+        colour_b=b,
+        texture=BAND,
+        params=(r,),
+        depth_invalid=bool(rng.random() < 0.15),
+    )
+    tops = [
+        p
+        for p in furniture
+        if p.kind == "box"
+        and (p.surface.cls == CABINET or (p.surface.cls == TABLE and p.center[1] - p.half[1] > 0.1))
+    ]  # cabinets and table tops, not legs
     if tops and rng.random() < 0.3:
         top = tops[int(rng.integers(len(tops)))]
         if min(top.half[0], top.half[2]) > r:
@@ -298,8 +354,14 @@ def _barrel(lay: _Layout) -> list[Primitive]:
     if spot is None:
         return []
     a = _jitter(rng, _pick(rng, _BARREL_COLOURS))  # type: ignore[arg-type]
-    surf = Surface(BARREL, lay.new_inst(), colour_a=a, colour_b=_scale(a, 0.4), texture=HOOPS,
-                   params=(_u(rng, 0.15, 0.3),))
+    surf = Surface(
+        BARREL,
+        lay.new_inst(),
+        colour_a=a,
+        colour_b=_scale(a, 0.4),
+        texture=HOOPS,
+        params=(_u(rng, 0.15, 0.3),),
+    )
     return [Primitive("cylinder", surf, (spot[0], 0.0, spot[1]), radius=r, height=h)]
 
 
@@ -329,25 +391,44 @@ def _figure(lay: _Layout) -> list[Primitive]:
     lean = _u(rng, -0.1, 0.3)
     r_torso = rot_x(lean)
     local: list[Primitive] = [
-        Primitive("box", surf(TORSO, shirt), _matvec(r_torso, (0.0, torso_h / 2, 0.0)), _columns(r_torso),
-                  (torso_w / 2, torso_h / 2, torso_d / 2)),
-        Primitive("sphere", surf(HEAD, skin), _matvec(r_torso, (0.0, torso_h + 0.14 * s, 0.0)), radius=0.11 * s),
+        Primitive(
+            "box",
+            surf(TORSO, shirt),
+            _matvec(r_torso, (0.0, torso_h / 2, 0.0)),
+            _columns(r_torso),
+            (torso_w / 2, torso_h / 2, torso_d / 2),
+        ),
+        Primitive(
+            "sphere", surf(HEAD, skin), _matvec(r_torso, (0.0, torso_h + 0.14 * s, 0.0)), radius=0.11 * s
+        ),
     ]
     for side in (-1.0, 1.0):
         shoulder = _matvec(r_torso, (side * (torso_w / 2 + arm_t / 2), torso_h - 0.05 * s, 0.0))
         r_up = _matmul(r_torso, _matmul(rot_z(side * _u(rng, 0.05, 1.3)), rot_x(-_u(rng, -0.5, 1.7))))
         upper, elbow = _limb(shoulder, r_up, 0.3 * s, arm_t, surf(UPPER_ARM, shirt))
         r_low = _matmul(r_up, rot_x(-_u(rng, 0.0, 2.0)))
-        lower, _ = _limb(elbow, r_low, 0.28 * s, 0.8 * arm_t, surf(LOWER_ARM, shirt if long_sleeves else skin))
+        lower, _ = _limb(
+            elbow, r_low, 0.28 * s, 0.8 * arm_t, surf(LOWER_ARM, shirt if long_sleeves else skin)
+        )
         local += [upper, lower]
     support = int(rng.integers(2))
     for i, side in enumerate((-1.0, 1.0)):
-        flex, knee = (_u(rng, -0.25, 0.35), _u(rng, 0.0, 0.35)) if i == support else \
-            (_u(rng, -0.4, 1.0), _u(rng, 0.0, 1.5))
+        flex, knee = (
+            (_u(rng, -0.25, 0.35), _u(rng, 0.0, 0.35))
+            if i == support
+            else (_u(rng, -0.4, 1.0), _u(rng, 0.0, 1.5))
+        )
         r_up = _matmul(rot_z(side * _u(rng, 0.0, 0.25)), rot_x(-flex))
-        upper, knee_pos = _limb((side * 0.095 * s, 0.0, 0.0), r_up, 0.44 * s, leg_t, surf(UPPER_LEG, trousers))
-        lower, _ = _limb(knee_pos, _matmul(r_up, rot_x(knee)), 0.44 * s, 0.85 * leg_t,
-                         surf(LOWER_LEG, skin if shorts else trousers))
+        upper, knee_pos = _limb(
+            (side * 0.095 * s, 0.0, 0.0), r_up, 0.44 * s, leg_t, surf(UPPER_LEG, trousers)
+        )
+        lower, _ = _limb(
+            knee_pos,
+            _matmul(r_up, rot_x(knee)),
+            0.44 * s,
+            0.85 * leg_t,
+            surf(LOWER_LEG, skin if shorts else trousers),
+        )
         local += [upper, lower]
 
     # rest the lowest point on the floor; the footprint radius keeps other objects away
@@ -399,8 +480,14 @@ def _decals(lay: _Layout) -> list[Decal]:
         cx = min(max(lay.cam[0] + dist * math.sin(ang), 0.2), room[0] - 0.2)
         cz = min(max(lay.cam[2] + dist * math.cos(ang), 0.2), room[2] - 0.2)
         a, b = _pick(rng, _RUG_COLOURS)  # type: ignore[misc]
-        surf = Surface(RUG, lay.new_inst(), colour_a=_jitter(rng, a), colour_b=_jitter(rng, b),
-                       texture=RUG_PATTERN, params=(_u(rng, 0.08, 0.2), hw, hd))
+        surf = Surface(
+            RUG,
+            lay.new_inst(),
+            colour_a=_jitter(rng, a),
+            colour_b=_jitter(rng, b),
+            texture=RUG_PATTERN,
+            params=(_u(rng, 0.08, 0.2), hw, hd),
+        )
         angle = _u(rng, 0.0, math.pi)
         c, s = math.cos(angle), math.sin(angle)
         corners = tuple((cx + u * c - v * s, 0.0, cz + u * s + v * c) for u in (-hw, hw) for v in (-hd, hd))
@@ -426,9 +513,17 @@ def _decals(lay: _Layout) -> list[Decal]:
         if slot is not None:
             face, h = slot
             a = _jitter(rng, _pick(rng, [(0.50, 0.32, 0.18), (0.85, 0.85, 0.82), (0.35, 0.22, 0.12)]))  # type: ignore[arg-type]
-            surf = Surface(DOOR, lay.new_inst(), colour_a=a, colour_b=_scale(a, 0.6), texture=DOOR_PANELS,
-                           params=(h, half_w, height))
-            corners = tuple(_wall_point(face, room, h + u, y) for u in (-half_w, half_w) for y in (0.0, height))
+            surf = Surface(
+                DOOR,
+                lay.new_inst(),
+                colour_a=a,
+                colour_b=_scale(a, 0.6),
+                texture=DOOR_PANELS,
+                params=(h, half_w, height),
+            )
+            corners = tuple(
+                _wall_point(face, room, h + u, y) for u in (-half_w, half_w) for y in (0.0, height)
+            )
             out.append(Decal(face, surf, (h, height / 2), (half_w, height / 2), 0.0, corners))
     for _ in range(int(rng.integers(0, 3))):  # pictures
         half_w, half_h = _u(rng, 0.15, 0.5), _u(rng, 0.15, 0.4)
@@ -437,10 +532,17 @@ def _decals(lay: _Layout) -> list[Decal]:
             continue
         face, h = slot
         y = _u(rng, 1.1, min(1.9, room[1] - half_h - 0.2))
-        surf = Surface(PICTURE, lay.new_inst(), colour_a=_jitter(rng, (0.12, 0.10, 0.08)),
-                       colour_b=_jitter(rng, _pick(rng, _BALL_COLOURS), 0.3),  # type: ignore[arg-type]
-                       texture=CELLS, params=(h, y, half_w, half_h, _u(rng, 0.06, 0.15)))
-        corners = tuple(_wall_point(face, room, h + u, y + v) for u in (-half_w, half_w) for v in (-half_h, half_h))
+        surf = Surface(
+            PICTURE,
+            lay.new_inst(),
+            colour_a=_jitter(rng, (0.12, 0.10, 0.08)),
+            colour_b=_jitter(rng, _pick(rng, _BALL_COLOURS), 0.3),  # type: ignore[arg-type]
+            texture=CELLS,
+            params=(h, y, half_w, half_h, _u(rng, 0.06, 0.15)),
+        )
+        corners = tuple(
+            _wall_point(face, room, h + u, y + v) for u in (-half_w, half_w) for v in (-half_h, half_h)
+        )
         out.append(Decal(face, surf, (h, y), (half_w, half_h), 0.0, corners))
     return out
 
@@ -461,13 +563,23 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     floor_tex = PLANKS if rng.random() < 0.5 else CHECKER
     floor_a = _jitter(rng, _pick(rng, _FLOOR_COLOURS))  # type: ignore[arg-type]
     wall_a = _jitter(rng, _pick(rng, _WALL_COLOURS), 0.06)  # type: ignore[arg-type]
-    floor = Surface(FLOOR, 0, colour_a=floor_a, colour_b=_scale(floor_a, _u(rng, 0.6, 0.8)), texture=floor_tex,
-                    params=(_u(rng, 0.3, 0.6), _u(rng, 0.0, 1.0)))
+    floor = Surface(
+        FLOOR,
+        0,
+        colour_a=floor_a,
+        colour_b=_scale(floor_a, _u(rng, 0.6, 0.8)),
+        texture=floor_tex,
+        params=(_u(rng, 0.3, 0.6), _u(rng, 0.0, 1.0)),
+    )
     ceiling = Surface(CEILING, 1, colour_a=_jitter(rng, (0.93, 0.93, 0.90), 0.03))
     ceiling.colour_b = ceiling.colour_a
     wall_params = (_u(rng, 0.1, 0.3), _u(rng, 0.2, 0.6))
-    walls = [Surface(WALL, 2 + k, colour_a=wall_a, colour_b=_scale(wall_a, 0.9), texture=WALLPAPER,
-                     params=wall_params) for k in range(4)]
+    walls = [
+        Surface(
+            WALL, 2 + k, colour_a=wall_a, colour_b=_scale(wall_a, 0.9), texture=WALLPAPER, params=wall_params
+        )
+        for k in range(4)
+    ]
 
     lay = _Layout(rng, room, cam, yaw)
     decals = _decals(lay)
@@ -488,6 +600,17 @@ def sample_scene(rng: np.random.Generator) -> Scene:
             prims += _barrel(lay)
 
     light = (_u(rng, 0.25, 0.75) * room[0], room[1] - 0.25, _u(rng, 0.25, 0.75) * room[2])
-    return Scene(room=room, cam_pos=cam, cam_rot=cam_rot, light=light, ambient=_u(rng, 0.25, 0.45),
-                 diffuse=_u(rng, 0.9, 1.3), exposure=_u(rng, 0.85, 1.15), noise=_u(rng, 0.005, 0.025),
-                 room_surfaces=[floor, ceiling, *walls], prims=prims, decals=decals, has_figure=has_figure)
+    return Scene(
+        room=room,
+        cam_pos=cam,
+        cam_rot=cam_rot,
+        light=light,
+        ambient=_u(rng, 0.25, 0.45),
+        diffuse=_u(rng, 0.9, 1.3),
+        exposure=_u(rng, 0.85, 1.15),
+        noise=_u(rng, 0.005, 0.025),
+        room_surfaces=[floor, ceiling, *walls],
+        prims=prims,
+        decals=decals,
+        has_figure=has_figure,
+    )

@@ -30,7 +30,9 @@ def _is_int(x: object) -> bool:
 class _ProceduralDataset(Dataset):
     """One split: item ``i`` is rendered from (seed, split, i) when it is asked for."""
 
-    def __init__(self, split: Split, tasks: tuple[str, ...], size: int, seed: int, image_size: tuple[int, int]):
+    def __init__(
+        self, split: Split, tasks: tuple[str, ...], size: int, seed: int, image_size: tuple[int, int]
+    ):
         self.split, self.tasks, self.size, self.seed, self.image_size = split, tasks, size, seed, image_size
 
     def __len__(self) -> int:

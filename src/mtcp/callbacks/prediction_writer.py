@@ -1,0 +1,105 @@
+"""``mtcp predict``: write every sample's predictions to disk at its original resolution.
+
+Enabled by ``configs/predict.yaml``::
+
+    mtcp predict --config configs/nyud.yaml --config configs/predict.yaml \\
+        --data.root /data/NYUD_MT --ckpt_path runs/nyud/checkpoints/last.ckpt
+
+It predicts the ``test`` split (``data`` decides which) and writes, per task, one file
+per sample id under ``output_dir`` (default ``<trainer.default_root_dir>/predictions``):
+
+==============  ============================================================
+semseg, parts   ``<task>/<id>.png``: uint8 class ids (arg-max)
+depth           ``depth/<id>.npy``: float32 [H, W], metres
+normals         ``normals/<id>.npy``: float32 [H, W, 3], unit vectors
+sal, edge       ``<task>/<id>.png``: uint8 probability * 255
+==============  ============================================================
+
+Predictions are brought back to the sample's original size (``meta["size"]``) the way
+the evaluation does it (`mtcp.data.collate.align_to_labels`): cropped to the image
+region of the input grid, then resized bilinearly on logits/values. Under DDP each rank
+writes its own samples; the non-padding sampler gives each sample to exactly one rank.
+Set ``return_predictions: false`` (as ``configs/predict.yaml`` does) so a whole split of
+logits is not also kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+
+from mtcp.data.collate import align_to_labels
+
+_CLASS_TASKS = ("semseg", "human_parts")
+_PROB_TASKS = ("sal", "edge")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write per-sample predictions (see module docs).
+
+    Args:
+        output_dir: where to write; default ``<trainer.default_root_dir>/predictions``.
+            Must not lie inside the dataset folder.
+        tasks: the tasks to write (default: all of the model's).
+    """
+
+    def __init__(self, output_dir: str | None = None, tasks: list[str] | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir).expanduser() if output_dir is not None else None
+        self.tasks = list(tasks) if tasks is not None else None
+        self.num_written = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.output_dir is None:
+            self.output_dir = Path(trainer.default_root_dir) / "predictions"
+        source = getattr(getattr(trainer, "datamodule", None), "source", None)
+        root = getattr(source, "root", None)
+        if root is not None:
+            out, data = self.output_dir.resolve(), Path(root).resolve()
+            if out == data or data in out.parents:
+                raise ValueError(f"prediction output_dir {str(out)!r} lies inside the dataset folder {str(data)!r}; "
+                                 "choose another folder (dataset roots are never written to)")
+        names = list(getattr(pl_module, "task_names", []))
+        unknown = [t for t in (self.tasks or []) if t not in names]
+        if unknown:
+            raise ValueError(f"PredictionWriter tasks {unknown} are not predicted by this model ({names})")
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        meta, outputs = prediction["meta"], prediction["predictions"]
+        assert self.output_dir is not None
+        tasks = [t for t in outputs if self.tasks is None or t in self.tasks]
+        for task in tasks:
+            (self.output_dir / task).mkdir(parents=True, exist_ok=True)
+        for i, sample_id in enumerate(meta["id"]):
+            one = {k: v[i : i + 1] for k, v in meta.items() if k in ("input_size", "size")}
+            for task in tasks:
+                pred = outputs[task][i : i + 1].float()
+                if "size" in one:  # back to the original resolution, as the evaluation does
+                    pred = align_to_labels(pred, one, tuple(int(v) for v in one["size"][0]))
+                self._write(self.output_dir / task, str(sample_id), task, pred[0].cpu())
+            self.num_written += 1
+
+    @staticmethod
+    def _write(folder: Path, sample_id: str, task: str, pred: torch.Tensor) -> None:
+        if task in _CLASS_TASKS:
+            Image.fromarray(pred.argmax(dim=0).numpy().astype(np.uint8)).save(folder / f"{sample_id}.png")
+        elif task in _PROB_TASKS:
+            prob = pred[0].sigmoid().mul(255).round().numpy().astype(np.uint8)
+            Image.fromarray(prob).save(folder / f"{sample_id}.png")
+        elif task == "depth":
+            np.save(folder / f"{sample_id}.npy", pred[0].numpy().astype(np.float32))
+        elif task == "normals":
+            unit = F.normalize(pred, dim=0, eps=1e-12)
+            np.save(folder / f"{sample_id}.npy", unit.permute(1, 2, 0).numpy().astype(np.float32))
+        else:
+            np.save(folder / f"{sample_id}.npy", pred.numpy())

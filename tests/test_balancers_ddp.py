@@ -1,0 +1,150 @@
+"""Balancers in real runs: identical weights on 2 DDP ranks (equal to a single-process computation
+from the pooled losses), and a resumed run that continues with exactly the same weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_RUN, run_env
+from mtcp.balancers import FAMO, LossPrioritization
+from mtcp.cli import cli_main
+from test_balancers import run_epochs
+
+
+def _callback(cls: str, **init_args) -> str:
+    spec = {"class_path": f"helpers.balancer_probe.{cls}", "init_args": init_args}
+    return "--trainer.callbacks+=" + json.dumps(spec)
+
+
+def _ddp_run(tmp_path: Path, balancer_args: list[str], steps: int) -> tuple[dict, dict]:
+    out = tmp_path / "ranks"
+    cmd = [
+        sys.executable, "-m", "mtcp", "fit",
+        "--config", str(ROOT / "configs/procedural.yaml"),
+        "--config", str(ROOT / "configs/trainer/debug.yaml"),
+        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",  # GPU-only
+        "--data.source.init_args.image_size=[64,64]",
+        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
+        "--trainer.enable_progress_bar=false", f"--trainer.limit_train_batches={steps}",
+        "--trainer.limit_val_batches=1",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
+        *balancer_args,
+        _callback("BalancerProbe", out_dir=str(out)),
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert len(r0["weights"]) == len(r1["weights"]) == steps
+    return r0, r1
+
+
+def _assert_same_state(a, b) -> None:
+    """Nested balancer states equal (tensors exactly)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+def _single_process(balancer, losses: torch.Tensor) -> torch.Tensor:
+    """The weights a single process computes when fed ``losses`` [steps, T] (one epoch)."""
+    used, _, _ = run_epochs(balancer, [losses.tolist()])
+    return torch.tensor(used, dtype=torch.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,balancer_args,make", [
+    ("lps", ["--balancer", "mtcp.balancers.LossPrioritization", "--balancer.window", "2",
+             "--balancer.init", "equal", "--balancer.spread", "7.5"],
+     lambda: LossPrioritization(spread=7.5, window=2, init="equal")),
+    ("famo", ["--balancer", "mtcp.balancers.FAMO"], FAMO),
+])
+def test_ddp_ranks_agree_and_match_the_pooled_single_process_weights(tmp_path, name, balancer_args, make):
+    r0, r1 = _ddp_run(tmp_path, balancer_args, steps=6)
+    # identical weights on both ranks at every step, computed by each rank (not only broadcast)
+    assert torch.equal(r0["weights"], r1["weights"])
+    _assert_same_state(r0["balancer_state"], r1["balancer_state"])
+    # the ranks saw different batches: their own losses differ ...
+    assert not torch.allclose(r0["losses"], r1["losses"])
+    # ... and the weights are those of one process fed the pooled (rank-averaged) losses
+    pooled = (r0["losses"] + r1["losses"]) / 2
+    expected = _single_process(make(), pooled)
+    torch.testing.assert_close(r0["weights"], expected, atol=2e-5, rtol=0)
+    assert not torch.allclose(expected, torch.ones_like(expected))  # the weights did change in the run
+    # rank 0's own losses alone would have given other weights: the pooling is what is tested
+    assert not torch.allclose(_single_process(make(), r0["losses"]), expected, atol=2e-5, rtol=0)
+
+
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_with_the_same_weights_and_metrics(tmp_path, restore_determinism):
+    """2 epochs straight vs 1 epoch + resume from last.ckpt + 1 epoch: same weight history, same
+    final parameters and metrics. LPS with a 3-step window over 4-step epochs, so the checkpoint
+    falls inside a window (a partial window is part of the state). The training data of an epoch
+    depend only on (seed, epoch) (`EpochShuffleSampler`), so the resumed run sees the same batches."""
+
+    def args(run: str, probe_dir: str, *extra: str) -> list[str]:
+        d = tmp_path / run
+        return ["fit", *TINY_RUN, "--trainer.max_epochs=2", "--trainer.limit_val_batches=2",
+                "--trainer.deterministic=true", f"--trainer.default_root_dir={d}",
+                f"--trainer.logger.init_args.save_dir={d}", f"--checkpoint.dirpath={d / 'checkpoints'}",
+                "--balancer", "mtcp.balancers.LossPrioritization", "--balancer.window", "3",
+                "--balancer.init", "equal", "--balancer.spread", "1.6",
+                _callback("BalancerProbe", out_dir=str(tmp_path / probe_dir)), *extra]
+
+    def probe(name: str) -> dict:
+        return torch.load(tmp_path / name / "rank0.pt", weights_only=True)
+
+    cli_main(args("straight", "straight_probe"))
+    cli_main(args("interrupted", "first_probe", _callback("StopAfterEpochs", epochs=1)))
+    last = tmp_path / "interrupted" / "checkpoints" / "last.ckpt"
+    cli_main(args("interrupted", "resumed_probe", f"--ckpt_path={last}"))
+    straight, first, resumed = probe("straight_probe"), probe("first_probe"), probe("resumed_probe")
+    assert len(straight["weights"]) == 8
+    assert first["steps"] == [1, 2, 3, 4] and resumed["steps"] == [5, 6, 7, 8]
+    w = straight["weights"]
+    assert torch.equal(first["weights"], w[:4])
+    # weights: 1 (steps 0-2), equal-contribution weights (3-5), ratio rule (6-7): they do change
+    assert torch.equal(w[0], torch.ones(3)) and not torch.equal(w[3], w[0]) and not torch.equal(w[6], w[3])
+    assert torch.equal(resumed["weights"], w[4:])
+    assert torch.equal(resumed["losses"], straight["losses"][4:])
+    for key, value in straight["state"].items():
+        assert torch.equal(value, resumed["state"][key]), key
+    val = {k: v for k, v in straight["metrics"].items() if k.startswith("val/")}
+    assert val and {k: resumed["metrics"][k] for k in val} == val
+
+
+@pytest.mark.slow
+def test_ddp_uncertainty_log_variances_are_trained_in_sync(tmp_path):
+    """The log-variances are module parameters created before the DDP wrapping: DDP averages
+    their gradients, so both ranks train them identically."""
+    r0, r1 = _ddp_run(tmp_path, ["--balancer", "mtcp.balancers.UncertaintyWeighting"], steps=4)
+    assert torch.equal(r0["weights"], r1["weights"])
+    key = "balancer_params.uncertainty_log_vars"
+    s0, s1 = r0["state"][key], r1["state"][key]
+    assert torch.equal(s0, s1) and not torch.equal(s0, torch.zeros_like(s0))
+    # the weights of step k are exp(-s) after k optimizer steps: they moved during the run
+    assert torch.equal(r0["weights"][0], torch.ones(3, dtype=torch.float64))
+    assert not torch.equal(r0["weights"][-1], r0["weights"][0])
