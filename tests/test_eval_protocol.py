@@ -289,7 +289,7 @@ def test_predict_writes_every_sample_at_its_original_size(tmp_path):
               f"--trainer.callbacks.init_args.output_dir={out}"])
     val_ids = sorted(expected)[3:]
     for task, suffix in (("semseg", ".png"), ("depth", ".npy"), ("normals", ".npy")):
-        assert sorted(p.stem for p in (out / task).iterdir()) == val_ids, task
+        assert sorted(p.name for p in (out / task).iterdir()) == [i + suffix for i in val_ids], task
     semseg = np.array(Image.open(out / "semseg" / f"{val_ids[0]}.png"))
     depth = np.load(out / "depth" / f"{val_ids[0]}.npy")
     normals = np.load(out / "normals" / f"{val_ids[0]}.npy")
@@ -299,6 +299,29 @@ def test_predict_writes_every_sample_at_its_original_size(tmp_path):
     with pytest.raises(ValueError, match=r"lies inside the dataset folder"):
         cli_main(["predict", *args, "--config", str(ROOT / "configs/predict.yaml"),
                   f"--trainer.callbacks.init_args.output_dir={tmp_path / 'data' / 'pred'}"])
+
+
+def test_predict_writes_pascal_parts_and_saliency_at_each_image_size(tmp_path):
+    from mtcp.cli import cli_main
+
+    expected = build_pascal(tmp_path / "data")
+    out = tmp_path / "pred"
+    cli_main(["predict", *_cli_args("pascal.yaml", tmp_path / "data", tmp_path), "--config",
+              str(ROOT / "configs/predict.yaml"), f"--trainer.callbacks.init_args.output_dir={out}"])
+    for sample_id in sorted(expected)[3:]:
+        size = expected[sample_id]["size"]
+        parts = np.array(Image.open(out / "human_parts" / f"{sample_id}.png"))
+        sal = np.array(Image.open(out / "sal" / f"{sample_id}.png"))
+        semseg = np.array(Image.open(out / "semseg" / f"{sample_id}.png"))
+        assert parts.shape == sal.shape == semseg.shape == size
+        assert parts.max() < 7 and semseg.max() < 21 and sal.dtype == np.uint8
+
+
+def test_data_root_for_a_source_without_a_folder_is_rejected(tmp_path, tiny_run):
+    from mtcp.cli import cli_main
+
+    with pytest.raises(ValueError, match=r"data.root is set but data source .*ProceduralScenes reads no dataset"):
+        cli_main(["fit", *tiny_run, f"--data.root={tmp_path}"])
 
 
 @pytest.mark.slow

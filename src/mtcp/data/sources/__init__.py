@@ -1,4 +1,4 @@
-"""Data sources: one `DataSource` per dataset (`procedural`, later `nyud`, `pascal`)."""
+"""Data sources: one `DataSource` per dataset (`procedural`, `nyud`, `pascal`)."""
 
 from mtcp.data.sources.base import DataSource
 

@@ -28,6 +28,7 @@ Decoding decisions:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,8 @@ class PascalContext(DataSource):
         tasks = list(tasks)
         return FileDataset(
             f"PascalContext {split} ({self._split_file(split)})", ids,
-            check=lambda i: self._paths(i, tasks),
-            read=lambda i: self._read(i, tasks),
+            check=partial(self._paths, tasks=tasks),  # partials of methods pickle (spawned loader workers)
+            read=partial(self._read, tasks=tasks),
             skip_bad_samples=self.skip_bad_samples,
         )
 
