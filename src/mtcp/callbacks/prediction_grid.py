@@ -16,14 +16,36 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
+from mtcp.data.collate import align_outputs
 from mtcp.visualize import colorize, image_to_rgb
+
+
+def _first(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` samples of a collated batch (tensors, lists and the meta dict)."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        out[key] = _first(value, n) if isinstance(value, dict) else value[:n]
+    return out
+
+
+def _fit(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB tile to (H, W) when it differs (the image may be on another grid than the labels)."""
+    if tile.shape[:2] == size:
+        return tile
+    return np.asarray(Image.fromarray(tile).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], task_channels: dict[str, int],
                     num_samples: int, gap: int = 2) -> np.ndarray:
-    """Compose image | (label, prediction) per task for the first ``num_samples`` samples."""
+    """Compose image | (label, prediction) per task for the first ``num_samples`` samples.
+
+    ``outputs`` are on the input grid; they are mapped onto each label's grid first.
+    """
+    n = min(num_samples, batch["image"].shape[0])
+    batch = _first(batch, n)
+    outputs = align_outputs({"final": {t: y[:n] for t, y in outputs.items()}}, batch)["final"]
     rows = []
-    for i in range(min(num_samples, batch["image"].shape[0])):
+    for i in range(n):
         tiles = [image_to_rgb(batch["image"][i])]
         for task, channels in task_channels.items():
             label = batch[task][i]
@@ -33,7 +55,9 @@ def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], tas
                 depth_range = (float(valid.min()), float(valid.max())) if valid.numel() else None
             tiles.append(colorize(task, label, channels, is_label=True, depth_range=depth_range))
             tiles.append(colorize(task, outputs[task][i], channels, depth_range=depth_range))
-        h = tiles[0].shape[0]
+        size = tiles[1].shape[:2] if len(tiles) > 1 else tiles[0].shape[:2]
+        tiles = [_fit(t, size) for t in tiles]
+        h = size[0]
         spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
         row = [t for tile in tiles for t in (tile, spacer)][:-1]
         rows.append(np.concatenate(row, axis=1))

@@ -28,7 +28,7 @@ class TransformedDataset(Dataset):
     in any worker, process or resumed run. A plain index uses torch's global generator.
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable[..., dict], seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable[..., dict] | None, seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
@@ -37,6 +37,8 @@ class TransformedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if self.transform is None:
+            return self.dataset[key[1] if isinstance(key, tuple) else key]
         if isinstance(key, tuple):
             epoch, index = key
             state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
@@ -116,7 +118,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         """The (augmented, for train) dataset of ``split``, built once."""
         if split not in self._datasets:
             ds = self.source.dataset(split, self.tasks)
-            if split == "train" and self.augmentation is not None:
+            if split == "train":  # keyed by (epoch, index) from EpochShuffleSampler, augmented or not
                 ds = TransformedDataset(ds, self.augmentation, self.seed)
             self._datasets[split] = ds
         return self._datasets[split]
