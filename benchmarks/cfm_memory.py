@@ -20,9 +20,7 @@ from mtcp.bench import peak_memory
 from mtcp.models.cfm import naive_spatial_attention, resolve_scale, spatial_attention
 
 
-def run(
-    fn, q, k, v, scale: float, device: torch.device, backward: bool
-) -> tuple[torch.Tensor, float, float | None]:
+def run(fn, q, k, v, scale: float, device: torch.device, backward: bool) -> tuple[torch.Tensor, float, float | None]:
     """(output, seconds, peak bytes) of one call of ``fn`` (plus its backward when asked)."""
     q, k, v = (t.detach().requires_grad_(backward) for t in (q, k, v))
     with peak_memory(device) as mem:

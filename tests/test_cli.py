@@ -88,3 +88,23 @@ def test_ddp_two_processes_end_with_identical_weights_and_parameters(tmp_path):
     changed = [n for n, v in r0["state"].items() if not torch.equal(v, r0["initial"][n])]
     assert len(changed) > len(r0["state"]) // 2  # they trained, and stayed in lock-step
     assert (Path(tmp_path) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_predict_writes_files_and_colour_mapped_pictures_for_procedural_ids(tiny_run, tmp_path):
+    cli_main(["fit", *tiny_run, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    out = tmp_path / "predictions"
+    writer = json.dumps({"class_path": "mtcp.callbacks.PredictionWriter",
+                         "init_args": {"output_dir": str(out), "colormap": True}})
+    cli_main(["predict", *tiny_run, "--trainer.limit_predict_batches=1", "--return_predictions=false",
+              f"--trainer.callbacks+={writer}", f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])
+    from PIL import Image
+    import numpy as np
+
+    semseg = np.asarray(Image.open(out / "semseg" / "test" / "000000.png"))
+    assert semseg.shape == (64, 64) and semseg.max() < 11  # class ids of the 11 procedural classes
+    colour = np.asarray(Image.open(out / "semseg" / "test" / "000000_color.png"))
+    assert colour.shape == (64, 64, 3)
+    depth = np.load(out / "depth" / "test" / "000000.npy")
+    assert depth.shape == (64, 64) and (depth > 0).all()
+    assert np.asarray(Image.open(out / "normals" / "test" / "000000_color.png")).shape == (64, 64, 3)
+    assert len(list((out / "depth" / "test").glob("*.npy"))) == 4  # one batch of the debug config

@@ -134,9 +134,7 @@ def load_network_factory(
         data.update(_section(content, "data") or {})
     for item in overrides:
         key, _, value = item.partition("=")
-        cfg = parser.parse_object(
-            {"model": {"net": {"init_args": _nested(key, yaml.safe_load(value))}}}, cfg_base=cfg
-        )
+        cfg = parser.parse_object({"model": {"net": {"init_args": _nested(key, yaml.safe_load(value))}}}, cfg_base=cfg)
     if cfg is None:
         return default_network, data
     return parser.instantiate_classes(cfg).model.net, data
@@ -170,9 +168,7 @@ def task_channels_for(tasks: list[str], num_classes: dict[str, int]) -> dict[str
 
 
 # -- measurements ------------------------------------------------------------------------
-def random_batch(
-    task_channels: dict[str, int], b: int, h: int, w: int, device: torch.device
-) -> dict[str, Tensor]:
+def random_batch(task_channels: dict[str, int], b: int, h: int, w: int, device: torch.device) -> dict[str, Tensor]:
     """An image and a random but valid label per task (class ids, positive depth, unit normals, 0/1 maps)."""
     gen = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(b, 3, h, w, generator=gen)}
@@ -186,9 +182,7 @@ def random_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def total_loss(
-    outputs: dict[str, dict[str, Tensor]], batch: dict[str, Tensor], ds_weight: float = 0.5
-) -> Tensor:
+def total_loss(outputs: dict[str, dict[str, Tensor]], batch: dict[str, Tensor], ds_weight: float = 0.5) -> Tensor:
     loss = outputs["final"][next(iter(outputs["final"]))].new_zeros(())
     for level, preds in outputs.items():
         weight = 1.0 if level == "final" else ds_weight
@@ -264,9 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="KEY=VALUE",
         help="override model.net.init_args.KEY (dotted, YAML value)",
     )
-    parser.add_argument(
-        "--tasks", default=None, help="comma-separated tasks when the configs set no data.tasks"
-    )
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks when the configs set no data.tasks")
     parser.add_argument("--num-classes", default=None, help="e.g. semseg=40,human_parts=7")
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--width", type=int, default=160)
@@ -276,7 +268,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--skip-train", action="store_true", help="inference only")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     factory, data = load_network_factory(args.config, args.net_arg)
@@ -290,9 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     net = factory(channels).to(device)
     b, h, w = args.batch_size, args.height, args.width
     batch = random_batch(channels, b, h, w, device)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
-    )
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
 
     params, flops, total_flops = parameters_and_flops(net.eval(), batch["image"][:1])
 
@@ -313,9 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        results["train_ips"], results["train_mem"] = throughput(
-            train_step, b, args.warmup, args.repeats, device
-        )
+        results["train_ips"], results["train_mem"] = throughput(train_step, b, args.warmup, args.repeats, device)
     net.eval()
 
     def infer_step() -> None:

@@ -15,6 +15,9 @@ normals         ``normals/<id>.npy``: float32 [H, W, 3], unit vectors
 sal, edge       ``<task>/<id>.png``: uint8 probability * 255
 ==============  ============================================================
 
+With ``colormap: true`` every task also gets ``<task>/<id>_color.png``, a colour-mapped
+picture for people (`mtcp.visualize`: class palette, depth ramp, normals as RGB).
+
 Predictions are brought back to the sample's original size (``meta["size"]``) the way
 the evaluation does it (`mtcp.data.collate.align_to_labels`): cropped to the image
 region of the input grid, then resized bilinearly on logits/values. Under DDP each rank
@@ -37,6 +40,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from mtcp.data.collate import align_to_labels
+from mtcp.visualize import colorize
 
 _CLASS_TASKS = ("semseg", "human_parts")
 _PROB_TASKS = ("sal", "edge")
@@ -49,10 +53,12 @@ class PredictionWriter(BasePredictionWriter):
         output_dir: where to write; default ``<trainer.default_root_dir>/predictions``.
             Must not lie inside the dataset folder.
         tasks: the tasks to write (default: all of the model's).
+        colormap: also write a colour-mapped PNG per task and sample.
     """
 
-    def __init__(self, output_dir: str | None = None, tasks: list[str] | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, tasks: list[str] | None = None, colormap: bool = False) -> None:
         super().__init__(write_interval="batch")
+        self.colormap = colormap
         self.output_dir = Path(output_dir).expanduser() if output_dir is not None else None
         self.tasks = list(tasks) if tasks is not None else None
         self.num_written = 0
@@ -86,20 +92,27 @@ class PredictionWriter(BasePredictionWriter):
                 pred = outputs[task][i : i + 1].float()
                 if "size" in one:  # back to the original resolution, as the evaluation does
                     pred = align_to_labels(pred, one, tuple(int(v) for v in one["size"][0]))
-                self._write(self.output_dir / task, str(sample_id), task, pred[0].cpu())
+                path = self.output_dir / task / str(sample_id)  # ids may hold folders ("test/000001")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._write(path, task, pred[0].cpu())
+                if self.colormap:
+                    channels = pl_module.task_channels[task]
+                    picture = colorize(task, pred[0].cpu(), channels)
+                    Image.fromarray(picture).save(path.with_name(path.name + "_color.png"))
             self.num_written += 1
 
     @staticmethod
-    def _write(folder: Path, sample_id: str, task: str, pred: torch.Tensor) -> None:
+    def _write(path: Path, task: str, pred: torch.Tensor) -> None:
+        """Write ``pred`` [C, H, W] to ``path`` + the task's extension."""
+        png, npy = path.with_name(path.name + ".png"), path.with_name(path.name + ".npy")
         if task in _CLASS_TASKS:
-            Image.fromarray(pred.argmax(dim=0).numpy().astype(np.uint8)).save(folder / f"{sample_id}.png")
+            Image.fromarray(pred.argmax(dim=0).numpy().astype(np.uint8)).save(png)
         elif task in _PROB_TASKS:
-            prob = pred[0].sigmoid().mul(255).round().numpy().astype(np.uint8)
-            Image.fromarray(prob).save(folder / f"{sample_id}.png")
+            Image.fromarray(pred[0].sigmoid().mul(255).round().numpy().astype(np.uint8)).save(png)
         elif task == "depth":
-            np.save(folder / f"{sample_id}.npy", pred[0].numpy().astype(np.float32))
+            np.save(npy, pred[0].numpy().astype(np.float32))
         elif task == "normals":
             unit = F.normalize(pred, dim=0, eps=1e-12)
-            np.save(folder / f"{sample_id}.npy", unit.permute(1, 2, 0).numpy().astype(np.float32))
+            np.save(npy, unit.permute(1, 2, 0).numpy().astype(np.float32))
         else:
-            np.save(folder / f"{sample_id}.npy", pred.numpy())
+            np.save(npy, pred.numpy())

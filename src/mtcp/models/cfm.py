@@ -35,9 +35,7 @@ def resolve_scale(scale: float | str | None, dim: int) -> float:
         return 1.0 / math.sqrt(dim)
     if isinstance(scale, str):
         if scale.lower() != "none":
-            raise ValueError(
-                f"attention scale must be a number, None (1/sqrt(d)) or 'none' (1.0); got {scale!r}"
-            )
+            raise ValueError(f"attention scale must be a number, None (1/sqrt(d)) or 'none' (1.0); got {scale!r}")
         return 1.0
     return float(scale)
 

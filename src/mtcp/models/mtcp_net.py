@@ -80,9 +80,7 @@ class MTCPNet(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"model.net.fusion: unknown fusion {fusion!r}; choose one of {list(FUSIONS)}")
         if use_query_decoder and query_layers < 1:
-            raise ValueError(
-                f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}"
-            )
+            raise ValueError(f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}")
         if len(decoder_depths) != 3:
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
@@ -106,9 +104,7 @@ class MTCPNet(nn.Module):
             if use_cfm and len(self.tasks) > 1
             else None
         )
-        self.trace_back = (
-            nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
-        )
+        self.trace_back = nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
         self.levels = ["final", "initial", "srm1", "srm2"] if use_trace_back else ["final"]
         self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim) for level in self.levels})
 
@@ -134,9 +130,7 @@ class MTCPNet(nn.Module):
         out["X"] = {t: x for t, (x, _) in decoded.items()}
         out["S"] = {t: s for t, (_, s) in decoded.items()}
         if self.cfm is not None:
-            out["C"] = {
-                t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks
-            }
+            out["C"] = {t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks}
         else:
             out["C"] = dict(out["X"])
         if self.trace_back is not None:
@@ -160,7 +154,6 @@ class MTCPNet(nn.Module):
                 "srm2": dict(zip(self.tasks, srm2, strict=True)),
             }
         outputs = {
-            level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks}
-            for level in self.levels
+            level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks} for level in self.levels
         }
         return crop_outputs(outputs, size)

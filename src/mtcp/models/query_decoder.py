@@ -38,9 +38,7 @@ def sine_position_embedding(height: int, width: int, dim: int, like: Tensor) -> 
     Coordinates are normalised to [0, 2*pi], so the embedding is defined for any size.
     """
     if dim % 4:
-        raise ValueError(
-            f"query decoder: the width must be a multiple of 4 for the position embedding; got {dim}"
-        )
+        raise ValueError(f"query decoder: the width must be a multiple of 4 for the position embedding; got {dim}")
     quarter = dim // 4
     freq = 10000.0 ** (-torch.arange(quarter, device=like.device, dtype=torch.float32) / quarter)
     ys = (torch.arange(height, device=like.device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
@@ -94,9 +92,7 @@ class QueryDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if not 1 <= num_levels <= num_layers:
-            raise ValueError(
-                f"query decoder: need 1 <= num_levels <= num_layers; got {num_levels}, {num_layers}"
-            )
+            raise ValueError(f"query decoder: need 1 <= num_levels <= num_layers; got {num_levels}, {num_layers}")
         self.num_levels = num_levels
         self.query_feat = nn.Embedding(num_queries, dim)
         self.query_pos = nn.Embedding(num_queries, dim)

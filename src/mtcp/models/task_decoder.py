@@ -2,12 +2,15 @@
 
 Stage widths D, 2D, 4D at strides 4, 8, 16 (depths 1, 2, 1; 2 heads; window 7; timm's
 patch merging between stages), DESIGN.md section 2. The stages are timm's
-`SwinTransformerStage`, which works on NHWC maps. timm pads a map that is not a
-multiple of the window only *after* its cyclic shift, so the shifted-window mask then
-no longer matches where the rolled content wraps; each stage here therefore pads its
-input to a multiple of the window *before* the blocks (``always_partition`` keeps the
-window at 7 for small maps, ``dynamic_mask`` builds the mask for the padded size) and
-crops back, which makes any feature-map size work with Swin's own semantics.
+`SwinTransformerStage` (its patch merging, blocks, window attention, MLPs), which work
+on NHWC maps. Any map size: timm pads a map that is not a multiple of the window only
+*after* its cyclic shift, so its shifted-window mask no longer matches where the rolled
+content wraps. Each block's attention here therefore gets its (normalised) input padded
+with zeros to a multiple of the window *before* the shift, as in the original Swin
+(``always_partition`` keeps the window at 7 for small maps, ``dynamic_mask`` builds the
+mask for the padded size), and the result is cropped back; the MLP then runs on the
+real positions only (at 120x160 inputs the 1/16 map, 8x10, pads to 14x14). On maps
+that are multiples of the window this is exactly timm's block (tested).
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from mtcp.models.fpn import FPN
 class PaddedSwinStage(nn.Module):
     """timm's Swin stage (optional patch merging, then blocks) for NHWC maps of any size."""
 
-    def __init__(
-        self, in_dim: int, out_dim: int, depth: int, heads: int, window: int, downsample: bool
-    ) -> None:
+    def __init__(self, in_dim: int, out_dim: int, depth: int, heads: int, window: int, downsample: bool) -> None:
         super().__init__()
         self.window = window
         self.stage = SwinTransformerStage(
@@ -43,9 +44,11 @@ class PaddedSwinStage(nn.Module):
         x = self.stage.downsample(x)  # patch merging pads odd sizes itself
         h, w = x.shape[1:3]
         ph, pw = -h % self.window, -w % self.window
-        if ph or pw:
-            x = F.pad(x, (0, 0, 0, pw, 0, ph))
-        return self.stage.blocks(x)[:, :h, :w].contiguous()
+        for block in self.stage.blocks:  # timm's SwinTransformerBlock.forward, padding the attention only
+            attn_in = F.pad(block.norm1(x), (0, 0, 0, pw, 0, ph)) if ph or pw else block.norm1(x)
+            x = x + block.drop_path1(block._attn(attn_in)[:, :h, :w])
+            x = x + block.drop_path2(block.mlp(block.norm2(x)))
+        return x
 
 
 class TaskDecoder(nn.Module):
@@ -58,9 +61,7 @@ class TaskDecoder(nn.Module):
         window: Swin window size.
     """
 
-    def __init__(
-        self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7
-    ) -> None:
+    def __init__(self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7) -> None:
         super().__init__()
         widths = [dim * 2**i for i in range(len(depths))]
         self.stages = nn.ModuleList(
