@@ -97,8 +97,8 @@ def test_predict_writes_files_and_colour_mapped_pictures_for_procedural_ids(tiny
                          "init_args": {"output_dir": str(out), "colormap": True}})
     cli_main(["predict", *tiny_run, "--trainer.limit_predict_batches=1", "--return_predictions=false",
               f"--trainer.callbacks+={writer}", f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     semseg = np.asarray(Image.open(out / "semseg" / "test" / "000000.png"))
     assert semseg.shape == (64, 64) and semseg.max() < 11  # class ids of the 11 procedural classes

@@ -3,19 +3,15 @@ Attention", CVPR 2019)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning as L
 import torch
 from torch import Tensor
 
-from mtcp.balancers.base import Balancer
-from mtcp.balancers.history import Window, WindowedHistory, check_window
+from mtcp.balancers.history import Window, WindowedBalancer
 
 EPS = 1e-12
 
 
-class DWA(Balancer):
+class DWA(WindowedBalancer):
     """Dynamic Weight Average (Liu et al., CVPR 2019): weight tasks by their rate of descent.
 
     With ``L_t(k)`` the mean (pooled, unprojected) loss of task t over epoch k:
@@ -31,12 +27,10 @@ class DWA(Balancer):
     """
 
     def __init__(self, temperature: float = 2.0, window: Window = "epoch") -> None:
-        super().__init__()
+        super().__init__(window, "DWA")
         if not temperature > 0:
             raise ValueError(f"balancer.init_args.temperature of DWA must be > 0; got {temperature}")
         self.temperature = float(temperature)
-        self.window = check_window(window, "DWA")
-        self.history = WindowedHistory(self.window)
 
     def weights_after_window(self) -> Tensor | None:
         h = self.history
@@ -44,29 +38,3 @@ class DWA(Balancer):
             return None
         r = h.last / h.previous.clamp_min(EPS)
         return len(r) * torch.softmax(r / self.temperature, dim=0)
-
-    def observe(self, pooled_losses: Tensor, epoch: int = 0) -> Tensor | None:
-        if self.history.add(pooled_losses, epoch):
-            return self.weights_after_window()
-        return None
-
-    def close_window(self) -> Tensor | None:
-        return self.weights_after_window() if self.history.close() else None
-
-    def update(self, task_losses: Tensor, trainer: L.Trainer) -> Tensor | None:
-        return self.observe(task_losses, int(getattr(trainer, "current_epoch", 0)))
-
-    def start_epoch(self, trainer: L.Trainer) -> Tensor | None:
-        if self.history.has_stale_epoch_window(int(trainer.current_epoch)):
-            return self.close_window()
-        return None
-
-    def end_epoch(self, trainer: L.Trainer) -> Tensor | None:
-        return self.close_window() if self.window == "epoch" else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "history": self.history.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.history.load_state_dict(state_dict["history"])

@@ -1,4 +1,4 @@
-"""Windowed loss history shared by the history-based balancers (LPS, DWA).
+"""Windowed loss history, and the base class of the balancers that learn from it (LPS, DWA).
 
 A window is one training epoch or a fixed number of (accepted) training steps. The
 history keeps the running sum of the pooled per-step loss vectors of the open window
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import lightning as L
 import torch
 from torch import Tensor
+
+from mtcp.balancers.base import Balancer
 
 Window = Literal["epoch"] | int
 
@@ -86,3 +89,50 @@ class WindowedHistory:
         self.open_epoch = int(state["open_epoch"])
         self.means = list(state["means"])
         self.closed = int(state["closed"])
+
+
+class WindowedBalancer(Balancer):
+    """A balancer whose weights change only when a history window closes.
+
+    Subclasses give `weights_after_window` (the rule, reading ``self.history``) and may
+    override `window_values` (what is averaged per step: raw or projected losses).
+    """
+
+    def __init__(self, window: Window, owner: str) -> None:
+        super().__init__()
+        self.window = check_window(window, owner)
+        self.history = WindowedHistory(self.window)
+
+    def weights_after_window(self) -> Tensor | None:
+        raise NotImplementedError
+
+    def window_values(self, pooled_losses: Tensor) -> Tensor:
+        return pooled_losses
+
+    def observe(self, pooled_losses: Tensor, epoch: int = 0) -> Tensor | None:
+        """Add one step's pooled raw losses; the new weights if a k-step window closed."""
+        if self.history.add(self.window_values(pooled_losses), epoch):
+            return self.weights_after_window()
+        return None
+
+    def close_window(self) -> Tensor | None:
+        """Close the open window (end of an epoch); the new weights, or None if it was empty."""
+        return self.weights_after_window() if self.history.close() else None
+
+    def update(self, task_losses: Tensor, trainer: L.Trainer) -> Tensor | None:
+        return self.observe(task_losses, int(getattr(trainer, "current_epoch", 0)))
+
+    def start_epoch(self, trainer: L.Trainer) -> Tensor | None:
+        if self.history.has_stale_epoch_window(int(trainer.current_epoch)):
+            return self.close_window()
+        return None
+
+    def end_epoch(self, trainer: L.Trainer) -> Tensor | None:
+        return self.close_window() if self.window == "epoch" else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "history": self.history.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.history.load_state_dict(state_dict["history"])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from mtcp.balancers.base import Balancer, renormalise
-from mtcp.balancers.history import Window, WindowedHistory, check_window
+from mtcp.balancers.base import renormalise
+from mtcp.balancers.history import Window, WindowedBalancer
 from mtcp.module import PROJECTIONS
 
 #: guards the ratios' denominators (projected losses are >= log(1 + 1e-6) ~ 1e-6 anyway)
@@ -29,7 +28,7 @@ def ratio_weights(previous: Tensor, current: Tensor) -> Tensor:
     return r / big_r.clamp_min(EPS)
 
 
-class LossPrioritization(Balancer):
+class LossPrioritization(WindowedBalancer):
     """Loss Prioritization Scheme (LPS; MT-CP, WACV 2025): weight tasks by how slowly they improve.
 
     The rule, on the pooled (rank-averaged) losses:
@@ -65,7 +64,7 @@ class LossPrioritization(Balancer):
 
     def __init__(self, spread: float = 1.0, window: Window = "epoch", init: Literal["ones", "equal"] = "ones",
                  min_weight: float = 1e-2) -> None:
-        super().__init__()
+        super().__init__(window, "LossPrioritization")
         if not spread > 0:
             raise ValueError(f"balancer.init_args.spread of LossPrioritization must be > 0; got {spread}")
         if init not in ("ones", "equal"):
@@ -74,10 +73,8 @@ class LossPrioritization(Balancer):
         if not min_weight > 0:
             raise ValueError(f"balancer.init_args.min_weight must be > 0; got {min_weight}")
         self.spread = float(spread)
-        self.window = check_window(window, "LossPrioritization")
         self.init = init
         self.min_weight = float(min_weight)
-        self.history = WindowedHistory(self.window)
 
     # -- the rule ------------------------------------------------------------------------
     def weights_after_window(self) -> Tensor | None:
@@ -91,35 +88,5 @@ class LossPrioritization(Balancer):
         w = spread_weights(ratio_weights(h.previous, h.last), self.spread)
         return renormalise(w, num, self.min_weight)
 
-    def observe(self, pooled_losses: Tensor, epoch: int = 0) -> Tensor | None:
-        """Add one step's pooled raw losses; the new weights if a k-step window closed."""
-        projected = PROJECTIONS[self.projection](pooled_losses.double())
-        if self.history.add(projected, epoch):
-            return self.weights_after_window()
-        return None
-
-    def close_window(self) -> Tensor | None:
-        """Close the open window (end of an epoch); the new weights, or None if it was empty."""
-        if self.history.close():
-            return self.weights_after_window()
-        return None
-
-    # -- hooks ---------------------------------------------------------------------------
-    def update(self, task_losses: Tensor, trainer: L.Trainer) -> Tensor | None:
-        return self.observe(task_losses, int(getattr(trainer, "current_epoch", 0)))
-
-    def start_epoch(self, trainer: L.Trainer) -> Tensor | None:
-        if self.history.has_stale_epoch_window(int(trainer.current_epoch)):
-            return self.close_window()
-        return None
-
-    def end_epoch(self, trainer: L.Trainer) -> Tensor | None:
-        return self.close_window() if self.window == "epoch" else None
-
-    # -- checkpoint ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "history": self.history.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.history.load_state_dict(state_dict["history"])
+    def window_values(self, pooled_losses: Tensor) -> Tensor:
+        return PROJECTIONS[self.projection](pooled_losses.double())
