@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# wandb's local sweep engine pins numpy<2 without needing it: install it beside numpy 2
+	@# wandb's local sweep engine pins numpy<2 without needing it: install it beside numpy 2
 	$(PY) -m pip install --quiet --no-deps 'sweeps==0.3.0'
 	touch $(STAMP)
 

@@ -72,3 +72,16 @@ def test_checkpoint_from_other_tasks_is_rejected_with_both_task_sets():
 def test_unknown_task_in_model_is_rejected():
     with pytest.raises(ValueError, match="model.task_channels"):
         MultiTaskModule({"semseg": 5, "heat": 1}, net=tiny_net)
+
+
+def test_loss_override_uses_the_authors_normals_mse():
+    module = MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"normals": "normals_mse"})
+    batch = make_batch()
+    out = {"final": {"semseg": torch.zeros(2, 5, 32, 32), "depth": batch["depth"].clone(),
+                     "normals": -batch["normals"]}}
+    # opposite unit normals: squared distance |n - (-n)|^2 = 4 at every pixel; L1 would give |2n|_1 != 4
+    assert module.task_losses(out, batch)[2].item() == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss 'normals_l2'.*known losses"):
+        MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"normals": "normals_l2"})
+    with pytest.raises(ValueError, match="'sal' is not a task"):
+        MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"sal": "balanced_bce"})

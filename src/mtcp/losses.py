@@ -81,3 +81,14 @@ def weighted_bce(output: Tensor, label: Tensor, pos_weight: float = 0.95) -> Ten
     target = label[valid].float()
     weight = torch.where(target > 0.5, pos_weight, 1.0 - pos_weight)
     return (weight * F.binary_cross_entropy_with_logits(logits[valid], target, reduction="none")).mean()
+
+
+#: losses by name, for ``model.loss_overrides`` (e.g. ``{normals: normals_mse}``, the authors' choice)
+LOSSES = {
+    "cross_entropy": cross_entropy,
+    "depth_l1": depth_l1,
+    "normals_l1": normals_l1,
+    "normals_mse": normals_mse,
+    "balanced_bce": balanced_bce,
+    "weighted_bce": weighted_bce,
+}

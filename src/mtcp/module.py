@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from mtcp.data.collate import align_outputs
 from mtcp.metrics.coherence import DepthNormalsCoherence, SemsegDepthCoherence
 from mtcp.metrics.delta_m import delta_m, load_single_task_metrics
+from mtcp.losses import LOSSES
 from mtcp.optim import PolyLR, SchedulerFactory
 from mtcp.tasks import Task, check_task_names, get_task
 
@@ -60,6 +61,8 @@ class MultiTaskModule(L.LightningModule):
         single_task_metrics: metric JSON files of single-task reference runs (their
             ``test_metrics.json``); when given, ``val/delta_m`` and ``test/delta_m`` are logged
             (`mtcp.metrics.delta_m`).
+        loss_overrides: another loss for some tasks, by name from `mtcp.losses.LOSSES`,
+            e.g. ``{normals: normals_mse}`` (the authors' normals loss); default: the task's own.
         coherence: log the cross-task coherence metrics (`mtcp.metrics.coherence`) as
             ``<stage>/coherence/...`` when the tasks include depth and normals (needs
             ``meta["intrinsics"]``) or semseg and depth.
@@ -74,6 +77,7 @@ class MultiTaskModule(L.LightningModule):
         deep_supervision_weight: float = 0.5,
         single_task_metrics: list[str] | None = None,
         coherence: bool = True,
+        loss_overrides: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +86,13 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(f"model.deep_supervision_weight must be >= 0; got {deep_supervision_weight}")
         self.task_channels = dict(task_channels)
         self.tasks: list[Task] = [get_task(t) for t in self.task_channels]
+        self.loss_fns = {t.name: t.loss for t in self.tasks}
+        for name, loss in (loss_overrides or {}).items():
+            if name not in self.loss_fns:
+                raise ValueError(f"model.loss_overrides: {name!r} is not a task of this model ({self.task_names})")
+            if loss not in LOSSES:
+                raise ValueError(f"model.loss_overrides.{name}: unknown loss {loss!r}; known losses are {sorted(LOSSES)}")
+            self.loss_fns[name] = LOSSES[loss]
         self.net = net(self.task_channels)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -128,10 +139,11 @@ class MultiTaskModule(L.LightningModule):
         losses = []
         for task in self.tasks:
             label = batch[task.name]
-            loss = task.loss(outputs["final"][task.name], label)
+            loss_fn = self.loss_fns[task.name]
+            loss = loss_fn(outputs["final"][task.name], label)
             for level, preds in outputs.items():
                 if level != "final" and self.deep_supervision_weight > 0:
-                    loss = loss + self.deep_supervision_weight * task.loss(preds[task.name], label)
+                    loss = loss + self.deep_supervision_weight * loss_fn(preds[task.name], label)
             losses.append(loss)
         return torch.stack(losses)
 
