@@ -54,7 +54,8 @@ def test_a_task_the_source_does_not_provide_is_rejected():
     class DepthOnly(ProceduralScenes):
         tasks = ("depth",)
 
-    with pytest.raises(ValueError, match=r"\['semseg'\] not provided by data source DepthOnly; it provides \['depth'\]"):
+    expected = r"\['semseg'\] not provided by data source DepthOnly; it provides \['depth'\]"
+    with pytest.raises(ValueError, match=expected):
         MultiTaskDataModule(DepthOnly(), tasks=["depth", "semseg"])
 
 

@@ -9,7 +9,8 @@ from mtcp.data.transforms import Augmentation
 def make_sample(h: int = 8, w: int = 12) -> dict:
     """A sample whose maps encode their pixel coordinates, so moves are traceable."""
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    normals = torch.nn.functional.normalize(torch.stack((xs + 1.0, ys + 2.0, torch.full_like(xs, -5.0, dtype=torch.float))), dim=0)
+    z = torch.full_like(xs, -5.0, dtype=torch.float)
+    normals = torch.nn.functional.normalize(torch.stack((xs + 1.0, ys + 2.0, z)), dim=0)
     return {
         "image": torch.rand(3, h, w),
         "semseg": (xs % 5).long(),

@@ -18,9 +18,9 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from mtcp.data.collate import align_outputs
+from mtcp.losses import LOSSES
 from mtcp.metrics.coherence import DepthNormalsCoherence, SemsegDepthCoherence
 from mtcp.metrics.delta_m import delta_m, load_single_task_metrics
-from mtcp.losses import LOSSES
 from mtcp.optim import PolyLR, SchedulerFactory
 from mtcp.tasks import Task, check_task_names, get_task
 
@@ -91,7 +91,9 @@ class MultiTaskModule(L.LightningModule):
             if name not in self.loss_fns:
                 raise ValueError(f"model.loss_overrides: {name!r} is not a task of this model ({self.task_names})")
             if loss not in LOSSES:
-                raise ValueError(f"model.loss_overrides.{name}: unknown loss {loss!r}; known losses are {sorted(LOSSES)}")
+                raise ValueError(
+                    f"model.loss_overrides.{name}: unknown loss {loss!r}; known losses are {sorted(LOSSES)}"
+                )
             self.loss_fns[name] = LOSSES[loss]
         self.net = net(self.task_channels)
         self.optimizer_factory = optimizer

@@ -28,7 +28,8 @@ class RankStateRecorder(L.Callback):
         # parameters only: BN running statistics are per-rank between DDP's buffer broadcasts
         state = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
         torch.save(
-            {"weights": torch.stack(self.weights), "state": state, "initial": self.initial, "world_size": trainer.world_size,
+            {"weights": torch.stack(self.weights), "state": state, "initial": self.initial,
+             "world_size": trainer.world_size,
              "pid": os.getpid()},
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )
