@@ -50,6 +50,14 @@ def test_bad_settings_fail_with_a_clear_error(tiny_run, override, needle):
         cli_main(["fit", *tiny_run, override])
 
 
+def test_command_line_prints_one_line_errors(python, tmp_path):
+    cmd = [python, "-m", "mtcp", "fit", "--config", str(ROOT / "configs/procedural.yaml"), "--data.tasks=[semseg,foo]"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "mtcp: error: data.tasks: unknown task(s) ['foo']; known tasks are" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_task_the_source_does_not_provide_is_rejected():
     class DepthOnly(ProceduralScenes):
         tasks = ("depth",)

@@ -1,4 +1,4 @@
-from mtcp.cli import cli_main
+from mtcp.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -10,6 +10,7 @@ config cannot drop it); checkpointing (``checkpoint:``) and prediction pictures
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,19 @@ def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI | None:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [LearningRateMonitor("step")]},
     )
+
+
+def main() -> None:
+    """Console entry (``mtcp``, ``python -m mtcp``): configuration and data errors as one line.
+
+    A bad setting or dataset file raises ValueError/FileNotFoundError with a message that
+    names it; on the command line that message is the whole story, so it is printed as
+    ``mtcp: error: ...`` (exit status 2). ``MTCP_TRACEBACK=1`` shows the full traceback.
+    """
+    try:
+        cli_main()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        if os.environ.get("MTCP_TRACEBACK") == "1":
+            raise
+        print(f"mtcp: error: {err}\n(set MTCP_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)
