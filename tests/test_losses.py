@@ -36,12 +36,18 @@ def test_cross_entropy_ignores_255():
 def test_balanced_bce_weights_positives_by_negative_fraction():
     logits = torch.zeros(1, 1, 1, 4)  # every pixel: BCE = log 2
     label = torch.tensor([[[1, 0, 0, 0]]])
-    # pos fraction 1/4: positive weight 3/4, negatives 1/4 each -> weighted mean = log 2
-    assert losses.balanced_bce(logits, label).item() == pytest.approx(math.log(2), rel=1e-6)
+    # p = 1/4: the positive weighs 3/4, each negative 1/4; mean over 4 pixels = (3/4 + 3/4) / 4 * log 2
+    assert losses.balanced_bce(logits, label).item() == pytest.approx(0.375 * math.log(2), rel=1e-6)
     logits = torch.tensor([[[[0.0, 10.0, 10.0, 10.0]]]])
-    # positive: log2 * 3/4; negatives: softplus(10) * 1/4 each; divided by the weight sum 3/2
-    expected = (0.75 * math.log(2) + 3 * 0.25 * math.log1p(math.exp(10))) / 1.5
+    expected = (0.75 * math.log(2) + 3 * 0.25 * math.log1p(math.exp(10))) / 4
     assert losses.balanced_bce(logits, label).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_balanced_bce_keeps_a_loss_for_single_class_batches():
+    logits = torch.zeros(1, 1, 1, 4)
+    label = torch.ones(1, 1, 4, dtype=torch.long)
+    # p = 1 clamped to 0.95: every positive weighs 0.05, so the loss is 0.05 * log 2, not 0
+    assert losses.balanced_bce(logits, label).item() == pytest.approx(0.05 * math.log(2), rel=1e-5)
 
 
 @pytest.mark.parametrize("fn,out,label", [

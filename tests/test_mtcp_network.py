@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtcp.bench import load_network_factory, random_batch, total_loss
+from mtcp.bench import load_network_factory, random_batch
+from mtcp.module import MultiTaskModule
 from mtcp.bench import main as bench_main
 from mtcp.models import MTCPNet, TimmBackbone
 from mtcp.models.cbam import CBAM
@@ -141,9 +142,23 @@ def test_every_parameter_gets_a_gradient(name):
     out = net(batch["image"])
     expected = LEVELS if kwargs.get("use_trace_back", True) else ["final"]
     assert list(out) == expected
-    total_loss(out, batch).backward()
+    MultiTaskModule(channels, net=lambda _: net).task_losses(out, batch).sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+def test_zero_deep_supervision_weight_keeps_every_parameter_in_the_graph():
+    """Weight 0 switches the intermediate losses off without leaving heads gradient-less (DDP)."""
+    net = tiny(NYUD).train()
+    batch = random_batch(NYUD, 2, 64, 64, torch.device("cpu"))
+    module = MultiTaskModule(NYUD, net=lambda _: net, deep_supervision_weight=0.0)
+    out = net(batch["image"])
+    losses = module.task_losses(out, batch)
+    final_only = torch.stack([module.loss_fns[t](out["final"][t], batch[t]) for t in NYUD])
+    assert torch.allclose(losses, final_only)
+    losses.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert all(float(p.grad.abs().sum()) == 0 for n, p in net.named_parameters() if n.startswith("heads.srm1."))
 
 
 def test_ablation_modules_are_absent():
@@ -256,3 +271,12 @@ def test_bench_smoke(capsys):
     ):
         assert group in text and results["params"][group] > 0 and results["flops"][group] > 0
     assert results["train_ips"] > 0 and results["infer_ips"] > 0
+
+
+def test_bad_network_settings_name_the_setting():
+    from mtcp.models import MTCPNet, TimmBackbone
+
+    with pytest.raises(ValueError, match=r"model.net.dim=30 must be a multiple of 4, of query_heads=8"):
+        MTCPNet({"semseg": 3, "depth": 1}, TimmBackbone("test_convnext"), dim=30, query_heads=8)
+    with pytest.raises(ValueError, match=r"does not accept \['img_size'\].*img_size is for Swin/ViT"):
+        TimmBackbone("resnet18", img_size=(64, 64))

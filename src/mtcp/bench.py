@@ -42,6 +42,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mtcp.module import MultiTaskModule
 from mtcp.tasks import check_task_names, get_task
 
 _LIBC: Any = None
@@ -182,15 +183,6 @@ def random_batch(task_channels: dict[str, int], b: int, h: int, w: int, device: 
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def total_loss(outputs: dict[str, dict[str, Tensor]], batch: dict[str, Tensor], ds_weight: float = 0.5) -> Tensor:
-    loss = outputs["final"][next(iter(outputs["final"]))].new_zeros(())
-    for level, preds in outputs.items():
-        weight = 1.0 if level == "final" else ds_weight
-        for task, pred in preds.items():
-            loss = loss + weight * get_task(task).loss(pred.float(), batch[task])
-    return loss
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -300,10 +292,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.skip_train:
         net.train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        losses = MultiTaskModule(channels, net=lambda _: net).task_losses  # the training loss, deep supervision 0.5
 
         def train_step() -> None:
             with autocast():
-                loss = total_loss(net(batch["image"]), batch)
+                outputs = net(batch["image"])
+            loss = losses({lv: {t: y.float() for t, y in preds.items()} for lv, preds in outputs.items()}, batch).sum()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

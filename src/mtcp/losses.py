@@ -56,9 +56,13 @@ def normals_mse(output: Tensor, label: Tensor) -> Tensor:
     return (output - label).pow(2).sum(dim=1)[valid].mean()
 
 
-def balanced_bce(output: Tensor, label: Tensor) -> Tensor:
-    """Class-balanced binary cross-entropy (saliency): positives weighted by the negative fraction.
+def balanced_bce(output: Tensor, label: Tensor, min_fraction: float = 0.05) -> Tensor:
+    """Class-balanced binary cross-entropy (saliency), as in the ATRC/MTI-Net reference code.
 
+    Positives are weighted by the negative fraction ``1 - p`` and negatives by ``p`` (the
+    positive fraction of the batch's valid pixels), averaged over the valid pixels.
+    ``p`` is clamped to ``[min_fraction, 1 - min_fraction]`` so that a batch with a
+    single class still has a loss (the reference gives such a batch a loss of 0).
     ``output`` is one logit [B, 1, H, W]; ``label`` is {0, 1, 255} [B, H, W].
     """
     logits = output[:, 0]
@@ -66,10 +70,10 @@ def balanced_bce(output: Tensor, label: Tensor) -> Tensor:
     if not bool(valid.any()):
         return _zero(output)
     target = label[valid].float()
-    pos_fraction = target.mean()
+    pos_fraction = target.mean().clamp(min_fraction, 1.0 - min_fraction)
     weight = torch.where(target > 0.5, 1.0 - pos_fraction, pos_fraction)
     loss = F.binary_cross_entropy_with_logits(logits[valid], target, reduction="none")
-    return (weight * loss).sum() / weight.sum().clamp_min(1e-6)
+    return (weight * loss).mean()
 
 
 def weighted_bce(output: Tensor, label: Tensor, pos_weight: float = 0.95) -> Tensor:

@@ -144,7 +144,7 @@ class MultiTaskModule(L.LightningModule):
             loss_fn = self.loss_fns[task.name]
             loss = loss_fn(outputs["final"][task.name], label)
             for level, preds in outputs.items():
-                if level != "final" and self.deep_supervision_weight > 0:
+                if level != "final":  # also at weight 0: every head stays on the graph (DDP)
                     loss = loss + self.deep_supervision_weight * loss_fn(preds[task.name], label)
             losses.append(loss)
         return torch.stack(losses)

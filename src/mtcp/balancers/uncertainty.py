@@ -3,8 +3,6 @@ Weigh Losses for Scene Geometry and Semantics", CVPR 2018)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -77,7 +75,3 @@ class UncertaintyWeighting(Balancer):
         s = self.log_vars(pl_module)
         a, b = self.loss_factor.to(s), self.reg_factor.to(s)
         return (a * torch.exp(-s) * projected + b * s).sum()
-
-    def state_dict(self) -> dict[str, Any]:
-        # the s_t themselves are module parameters, saved (and restored) with the model
-        return {**super().state_dict(), "kendall_factors": self.kendall_factors}

@@ -25,7 +25,8 @@ class TransformedDataset(Dataset):
 
     Indexed by ``(epoch, index)`` keys (`EpochShuffleSampler`), the transform draws from a
     generator seeded by (seed, epoch, index): the same key gives the same augmented sample
-    in any worker, process or resumed run. A plain index uses torch's global generator.
+    in any worker or process, and after a resume from an epoch-end checkpoint. A plain
+    index uses torch's global generator.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[..., dict] | None, seed: int = 0) -> None:
@@ -135,7 +136,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            drop_last=train and len(ds) > self.batch_size,  # type: ignore[arg-type]
+            drop_last=train and len(sampler) > self.batch_size,  # this rank's share, not the whole set
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -2,8 +2,9 @@
 
 `EpochShuffleSampler` draws the training order from (seed, epoch) alone and yields
 ``(epoch, index)`` keys, so the dataset can seed each sample's augmentation from the
-same key: a run resumed from a checkpoint, or run with other worker counts, sees
-exactly the same training data.
+same key: a run with other worker counts, or resumed from a checkpoint written at an
+epoch end (``last.ckpt``), sees exactly the same training data. A checkpoint written
+mid-epoch restarts that epoch's order (Lightning does not restore a loader's position).
 
 `torch.utils.data.DistributedSampler` pads the index list so that every rank gets the
 same count; the duplicated samples would be counted twice by pooled metrics. This

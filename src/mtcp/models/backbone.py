@@ -77,7 +77,13 @@ class TimmBackbone(nn.Module):
                 "'resnet18', 'convnext_tiny', 'swin_small_patch4_window7_224', 'vit_small_patch16_224'"
             )
         self.name = name
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+        except TypeError as err:  # e.g. img_size for a convnet: name the setting, not timm's internals
+            raise ValueError(
+                f"backbone {name!r} does not accept {sorted(kwargs)} (model.net.init_args.backbone.init_args): "
+                f"{err}; img_size is for Swin/ViT models only"
+            ) from err
         info = self.body.feature_info
         reductions, channels = list(info.reduction()), list(info.channels())
         self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"

@@ -81,6 +81,11 @@ class MTCPNet(nn.Module):
             raise ValueError(f"model.net.fusion: unknown fusion {fusion!r}; choose one of {list(FUSIONS)}")
         if use_query_decoder and query_layers < 1:
             raise ValueError(f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}")
+        if dim % 4 or (use_query_decoder and dim % query_heads) or dim % decoder_heads:
+            raise ValueError(
+                f"model.net.dim={dim} must be a multiple of 4, of query_heads={query_heads} and of "
+                f"decoder_heads={decoder_heads}"
+            )
         if len(decoder_depths) != 3:
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value

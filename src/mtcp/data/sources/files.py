@@ -115,11 +115,10 @@ def read_mat(path: Path, keys: Sequence[str]) -> dict:
     return data
 
 
-def check_size(array: np.ndarray | Tensor, size: tuple[int, int], path: Path, what: str,
-               channels_last: bool = True) -> None:
-    """Fail unless the label's (H, W) equals the image's ``size``."""
+def check_size(array: np.ndarray | Tensor, size: tuple[int, int], path: Path, what: str) -> None:
+    """Fail unless the label's (H, W) (its leading two dimensions) equals the image's ``size``."""
     shape = tuple(array.shape)
-    hw = shape[:2] if channels_last else shape[-2:]
+    hw = shape[:2]
     if hw != tuple(size):
         raise DatasetFileError(
             f"{str(path)!r}: {what} has shape {shape}, expected height x width {size[0]} x {size[1]} "

@@ -22,7 +22,7 @@ Decoding decisions:
   *nominal* pinhole (fx = fy = max(H, W), i.e. about 53 degrees across the longer side;
   principal point at the centre) so the sample convention holds and geometric
   augmentation stays consistent. PASCAL has no depth task, so no coherence metric ever
-  uses these values (`intrinsics_are_nominal`).
+  uses these values.
 """
 
 from __future__ import annotations
@@ -90,7 +90,6 @@ class PascalContext(DataSource):
     """
 
     tasks = ("semseg", "human_parts", "sal", "normals", "edge")
-    intrinsics_are_nominal = True
 
     def __init__(self, root: str | None = None, skip_bad_samples: bool = False,
                  normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
