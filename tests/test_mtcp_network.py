@@ -7,13 +7,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtcp.bench import load_network_factory, random_batch
-from mtcp.module import MultiTaskModule
 from mtcp.bench import main as bench_main
 from mtcp.models import MTCPNet, TimmBackbone
 from mtcp.models.cbam import CBAM
 from mtcp.models.cfm import CoherenceFusion, naive_spatial_attention, resolve_scale, spatial_attention
 from mtcp.models.query_decoder import fuse
 from mtcp.models.task_decoder import PaddedSwinStage
+from mtcp.module import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 NYUD = {"semseg": 40, "depth": 1, "normals": 3}
