@@ -82,6 +82,17 @@ def test_intrinsics_scale_with_the_image():
     assert k.tolist() == pytest.approx([259.43, 259.735, 162.79, 126.87])
 
 
+def test_png_layout_intrinsics_are_the_cropped_frame_unless_told_otherwise(tmp_path):
+    build_nyud(tmp_path, "png")  # 21 x 28 images standing in for 425 x 560
+    k = NYUDv2(str(tmp_path)).dataset("val", ["depth"])[0]["meta"]["intrinsics"]
+    # crop at (45, 41): (518.86, 519.47, 325.58 - 41, 253.74 - 45) on 425 x 560, scaled by 28/560 and 21/425
+    expected = (518.86 * 28 / 560, 519.47 * 21 / 425, 284.58 * 28 / 560, 208.74 * 21 / 425)
+    np.testing.assert_allclose(k.numpy(), expected, rtol=1e-5)
+    resized = NYUDv2(str(tmp_path), intrinsics_crop=(0, 0)).dataset("val", ["depth"])[0]["meta"]["intrinsics"]
+    np.testing.assert_allclose(resized.numpy(), (518.86 * 28 / 640, 519.47 * 21 / 480, 325.58 * 28 / 640,
+                                                 253.74 * 21 / 480), rtol=1e-5)
+
+
 def test_missing_root_folder_and_split_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"needs the dataset folder: set data.root="):
         NYUDv2(None)

@@ -26,8 +26,11 @@ Decoding decisions:
   keeps the files' values; the depth-normals coherence metric is only meaningful in the
   sample convention.
 - Intrinsics: NYU's colour camera (fx 518.86, fy 519.47, cx 325.58, cy 253.74 on the
-  640x480 grid), scaled to each image's size. If a copy was *cropped* rather than
-  resized, pass its own ``intrinsics`` and ``intrinsics_size``.
+  640x480 grid). The 425x560 copy is taken to be NYU's valid region *cut out* of the
+  640x480 frames (rows from 45, columns from 41, the usual border crop; 425x560 is not a
+  0.75-aspect resize), so its principal point moves by that offset and fx, fy stay; a
+  copy made differently sets ``intrinsics_crop`` (``[0, 0]`` for a plain resize). The
+  result is then scaled to each image's size.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ _LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
 _IMAGE_SUFFIXES = (".jpg", ".png")
 #: (H, W) of each layout, told apart by the images' extension
 _LAYOUT_SIZE = {".jpg": (480, 640), ".png": (425, 560)}
+#: (top, left) of each layout's grid inside the 480x640 frame (see module docs)
+_LAYOUT_CROP = {".jpg": (0, 0), ".png": (45, 41)}
 _UNIT_TOLERANCE = 0.1
 
 
@@ -102,6 +107,8 @@ class NYUDv2(DataSource):
         normals_signs: factors for the normals' (x, y, z) components (see module docs).
         intrinsics: (fx, fy, cx, cy) on the ``intrinsics_size`` grid; scaled to each image.
         intrinsics_size: the (H, W) grid the intrinsics refer to.
+        intrinsics_crop: (top, left) of the layout's images inside that grid; None: by
+            layout ((0, 0) for NYUD_MT, (45, 41) for the 425x560 copy).
     """
 
     tasks = ("semseg", "depth", "normals", "edge")
@@ -113,6 +120,7 @@ class NYUDv2(DataSource):
         normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0),
         intrinsics: tuple[float, float, float, float] = NYU_INTRINSICS,
         intrinsics_size: tuple[int, int] = NYU_INTRINSICS_SIZE,
+        intrinsics_crop: tuple[int, int] | None = None,
     ) -> None:
         if root is None or str(root).strip() == "":
             raise ValueError(
@@ -130,6 +138,11 @@ class NYUDv2(DataSource):
         self.intrinsics = tuple(float(v) for v in intrinsics)
         self.intrinsics_size = tuple(int(v) for v in intrinsics_size)
         self.layout_suffix = self._detect_layout()
+        top, left = _LAYOUT_CROP[self.layout_suffix] if intrinsics_crop is None else intrinsics_crop
+        fx, fy, cx, cy = self.intrinsics
+        #: intrinsics on the layout's native grid, before scaling to each image
+        self.layout_intrinsics = (fx, fy, cx - left, cy - top)
+        self.layout_grid = _LAYOUT_SIZE[self.layout_suffix] if (top or left) else self.intrinsics_size
 
     def _detect_layout(self) -> str:
         """The images' extension of the first training id: ``.jpg`` (NYUD_MT) or ``.png`` (425x560)."""
@@ -177,7 +190,7 @@ class NYUDv2(DataSource):
             sample[task] = getattr(self, f"_read_{task}")(paths[task], size)
         sample["meta"] = {
             "id": sample_id,
-            "intrinsics": scaled_intrinsics(self.intrinsics, self.intrinsics_size, size),
+            "intrinsics": scaled_intrinsics(self.layout_intrinsics, self.layout_grid, size),
             "size": torch.tensor(size, dtype=torch.int64),
         }
         return sample
