@@ -63,3 +63,16 @@ def test_no_valid_pixel_gives_zero_with_a_gradient_path(fn, out, label):
     assert loss.item() == 0.0 and not torch.isnan(loss)
     loss.backward()
     assert out.grad is not None and torch.equal(out.grad, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("fn,channels", [(losses.depth_l1, 1), (losses.normals_l1, 3), (losses.normals_mse, 3)])
+def test_nan_in_an_invalid_label_pixel_reaches_neither_loss_nor_gradient(fn, channels):
+    out = torch.ones(1, channels, 1, 2, requires_grad=True)
+    label = torch.full((1, channels, 1, 2), 0.5)
+    label[0, :, 0, 1] = float("nan")  # invalid: NaN > 0 is false, |NaN| sums to NaN
+    clean = label.clone()
+    clean[0, :, 0, 1] = 0.0  # the same pixel marked invalid the usual way
+    loss = fn(out, label)
+    loss.backward()
+    assert torch.isfinite(out.grad).all() and out.grad[0, :, 0, 1].eq(0).all()
+    assert loss.item() == pytest.approx(fn(out.detach(), clean).item())

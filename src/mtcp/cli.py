@@ -52,17 +52,15 @@ class MTCPCLI(LightningCLI):
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def before_instantiate_classes(self) -> None:
-        """``--data.root`` is short for the source's ``root`` (NYUD-v2, PASCAL-Context): copy it there."""
+        """``--data.root`` is short for the source's ``root`` (NYUD-v2, PASCAL-Context): copy it there.
+
+        A source without a ``root`` is left alone; the data module then rejects ``data.root``.
+        """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.get("data.root")
-        if root is None:
-            return
-        source = config.get("data.source")
-        init_args = source.get("init_args") if source is not None else None
-        if init_args is None or "root" not in init_args:
-            name = source.get("class_path") if source is not None else None
-            raise ValueError(f"data.root is set but data source {name} reads no dataset folder (it has no `root`)")
-        init_args.root = root
+        init_args = (config.get("data.source") or {}).get("init_args")
+        if root is not None and init_args is not None and "root" in init_args:
+            init_args.root = root
 
     def after_validate(self) -> None:
         self._write_metrics("validate")

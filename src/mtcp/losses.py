@@ -2,9 +2,12 @@
 
 Every loss takes the network's output for a task (logits for classification and
 binary tasks, metres for depth, unit vectors for normals) and the label in the
-sample convention of `mtcp.data.sources.base`. A batch without a single valid pixel
-returns ``0 * output.sum()``: a zero that keeps the graph connected (so DDP sees a
-gradient for every parameter) and is never NaN.
+sample convention of `mtcp.data.sources.base`, and averages over the valid pixels
+with `masked_mean`: no host synchronisation in the training step, and a batch without
+a single valid pixel gives an exact zero that keeps the graph connected (so DDP sees
+a gradient for every parameter), never NaN. Regression labels are zeroed where invalid
+before the difference, so a NaN in an invalid pixel reaches neither the loss nor its
+gradient.
 """
 
 from __future__ import annotations
@@ -16,24 +19,27 @@ from torch import Tensor
 from mtcp.data.sources.base import IGNORE_INDEX
 
 
-def _zero(output: Tensor) -> Tensor:
-    return output.sum() * 0.0
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``values`` over the ``valid`` pixels; 0 (with a gradient path) when there are none."""
+    return torch.where(valid, values, 0.0).sum() / valid.sum().clamp_min(1)
 
 
 def cross_entropy(output: Tensor, label: Tensor) -> Tensor:
     """Mean cross-entropy over pixels whose label is not 255."""
-    valid = label != IGNORE_INDEX
-    if not bool(valid.any()):
-        return _zero(output)
-    return F.cross_entropy(output, label, ignore_index=IGNORE_INDEX)
+    per_pixel = F.cross_entropy(output, label, ignore_index=IGNORE_INDEX, reduction="none")
+    return masked_mean(per_pixel, label != IGNORE_INDEX)
 
 
 def depth_l1(output: Tensor, label: Tensor) -> Tensor:
     """Mean absolute depth error (metres) over pixels with a positive label."""
     valid = label > 0
-    if not bool(valid.any()):
-        return _zero(output)
-    return (output - label).abs()[valid].mean()
+    return masked_mean((output - torch.where(valid, label, 0.0)).abs(), valid)
+
+
+def _valid_normals(label: Tensor) -> tuple[Tensor, Tensor]:
+    """(valid [B, H, W]: non-zero label vectors, the label with invalid pixels zeroed)."""
+    valid = label.abs().sum(dim=1) > 0
+    return valid, torch.where(valid[:, None], label, 0.0)
 
 
 def normals_l1(output: Tensor, label: Tensor) -> Tensor:
@@ -42,18 +48,14 @@ def normals_l1(output: Tensor, label: Tensor) -> Tensor:
     Valid pixels are those whose label is a non-zero vector. The sum over the three
     components follows the common practice of the NYUD multi-task literature.
     """
-    valid = label.abs().sum(dim=1) > 0
-    if not bool(valid.any()):
-        return _zero(output)
-    return (output - label).abs().sum(dim=1)[valid].mean()
+    valid, label = _valid_normals(label)
+    return masked_mean((output - label).abs().sum(dim=1), valid)
 
 
 def normals_mse(output: Tensor, label: Tensor) -> Tensor:
     """The authors' variant: mean squared error between unit normals over valid pixels."""
-    valid = label.abs().sum(dim=1) > 0
-    if not bool(valid.any()):
-        return _zero(output)
-    return (output - label).pow(2).sum(dim=1)[valid].mean()
+    valid, label = _valid_normals(label)
+    return masked_mean((output - label).pow(2).sum(dim=1), valid)
 
 
 def balanced_bce(output: Tensor, label: Tensor, min_fraction: float = 0.05) -> Tensor:
@@ -65,27 +67,20 @@ def balanced_bce(output: Tensor, label: Tensor, min_fraction: float = 0.05) -> T
     single class still has a loss (the reference gives such a batch a loss of 0).
     ``output`` is one logit [B, 1, H, W]; ``label`` is {0, 1, 255} [B, H, W].
     """
-    logits = output[:, 0]
     valid = label != IGNORE_INDEX
-    if not bool(valid.any()):
-        return _zero(output)
-    target = label[valid].float()
-    pos_fraction = target.mean().clamp(min_fraction, 1.0 - min_fraction)
+    target = (label == 1).to(output.dtype)
+    pos_fraction = masked_mean(target, valid).clamp(min_fraction, 1.0 - min_fraction)
     weight = torch.where(target > 0.5, 1.0 - pos_fraction, pos_fraction)
-    loss = F.binary_cross_entropy_with_logits(logits[valid], target, reduction="none")
-    return (weight * loss).mean()
+    loss = F.binary_cross_entropy_with_logits(output[:, 0], target, reduction="none")
+    return masked_mean(weight * loss, valid)
 
 
 def weighted_bce(output: Tensor, label: Tensor, pos_weight: float = 0.95) -> Tensor:
     """Edge loss: BCE with positives weighted ``pos_weight`` and negatives ``1 - pos_weight``."""
-    logits = output[:, 0]
-    valid = label != IGNORE_INDEX
-    if not bool(valid.any()):
-        return _zero(output)
-    target = label[valid].float()
+    target = (label == 1).to(output.dtype)
     weight = torch.where(target > 0.5, pos_weight, 1.0 - pos_weight)
-    return (weight * F.binary_cross_entropy_with_logits(logits[valid], target, reduction="none")).mean()
-
+    loss = F.binary_cross_entropy_with_logits(output[:, 0], target, reduction="none")
+    return masked_mean(weight * loss, label != IGNORE_INDEX)
 
 #: losses by name, for ``model.loss_overrides`` (e.g. ``{normals: normals_mse}``, the authors' choice)
 LOSSES = {

@@ -1,4 +1,6 @@
-"""A dataset of sample ids read from files, with an optional pass that skips bad samples.
+"""Datasets read from a dataset folder: `FolderSource` (the source template shared by
+NYUD-v2 and PASCAL-Context) and `FileDataset` (one split's samples, with an optional
+pass that skips bad samples).
 
 Skip policy (``skip_bad_samples``): off by default, so a damaged dataset fails loudly
 at construction (missing files, checked with cheap ``stat`` calls) or at the first
@@ -12,11 +14,15 @@ every DDP rank. The pass costs one full read of the split.
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from mtcp.data.sources.files import DatasetFileError
+from mtcp.data.sources.base import DataSource, Split
+from mtcp.data.sources.files import DatasetFileError, read_split, require_dir
 
 #: at most this many reasons are quoted in the skip warning
 _QUOTED = 5
@@ -75,3 +81,45 @@ class FileDataset(Dataset):
             return self.read(sample_id)
         except DatasetFileError as err:
             raise DatasetFileError(f"{self.name}, sample {sample_id!r}: {err}") from None
+
+
+class FolderSource(DataSource):
+    """A source whose splits are id lists in a folder, each id's files checked and read.
+
+    Subclasses set ``root`` and ``skip_bad_samples`` and say where a split's ids are
+    (`split_file`), which folders a task's labels need (`label_folders`), which files an
+    id has (`sample_paths`, a cheap existence check) and how to read it (`read_sample`).
+    """
+
+    root: Path
+    skip_bad_samples: bool
+
+    @abstractmethod
+    def split_file(self, split: Split) -> Path:
+        """The text file listing ``split``'s ids, one a line."""
+
+    @abstractmethod
+    def label_folders(self, task: str) -> list[tuple[Path, str]]:
+        """(folder, what it holds) for every folder that ``task``'s labels are read from."""
+
+    @abstractmethod
+    def sample_paths(self, sample_id: str, tasks: Sequence[str]) -> dict[str, Path]:
+        """The files of one id (raises `DatasetFileError` naming a missing one)."""
+
+    @abstractmethod
+    def read_sample(self, sample_id: str, tasks: Sequence[str]) -> dict:
+        """One sample in the convention of `mtcp.data.sources.base`."""
+
+    def dataset(self, split: Split, tasks: Sequence[str]) -> FileDataset:
+        self.check_tasks(tasks)
+        tasks = list(tasks)
+        for task in tasks:
+            for folder, what in self.label_folders(task):
+                require_dir(folder, what)
+        split_file = self.split_file(split)
+        return FileDataset(
+            f"{type(self).__name__} {split} ({split_file})", read_split(split_file),
+            check=partial(self.sample_paths, tasks=tasks),  # partials of methods pickle (spawned workers)
+            read=partial(self.read_sample, tasks=tasks),
+            skip_bad_samples=self.skip_bad_samples,
+        )

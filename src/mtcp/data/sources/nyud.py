@@ -36,15 +36,14 @@ Decoding decisions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX, DataSource, Split
-from mtcp.data.sources.file_dataset import FileDataset
+from mtcp.data.sources.base import IGNORE_INDEX, Split
+from mtcp.data.sources.file_dataset import FolderSource
 from mtcp.data.sources.files import (
     DatasetFileError,
     check_size,
@@ -97,7 +96,7 @@ def decode_normals(array: np.ndarray, path: Path, encoded: bool) -> np.ndarray:
     return np.where(valid, vec / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
-class NYUDv2(DataSource):
+class NYUDv2(FolderSource):
     """NYUD-v2 (40-class semseg, depth, normals, edge) from a ``NYUD_MT``-style folder.
 
     Args:
@@ -146,7 +145,7 @@ class NYUDv2(DataSource):
 
     def _detect_layout(self) -> str:
         """The images' extension of the first training id: ``.jpg`` (NYUD_MT) or ``.png`` (425x560)."""
-        first = read_split(self._split_file("train"))[0]
+        first = read_split(self.split_file("train"))[0]
         return first_existing(self.images_dir / first, _IMAGE_SUFFIXES, "the first training image").suffix
 
     @property
@@ -157,32 +156,22 @@ class NYUDv2(DataSource):
     def image_size(self) -> tuple[int, int]:
         return _LAYOUT_SIZE[self.layout_suffix]
 
-    def _split_file(self, split: Split) -> Path:
+    def split_file(self, split: Split) -> Path:
         return self.root / "gt_sets" / ("train.txt" if split == "train" else "val.txt")  # test = val
 
-    def dataset(self, split: Split, tasks: Sequence[str]) -> FileDataset:
-        self.check_tasks(tasks)
-        for task in tasks:
-            folder, suffixes = _LABELS[task]
-            require_dir(self.root / folder, f"the {task} labels <id>{'/'.join(suffixes)}")
-        ids = read_split(self._split_file(split))
-        tasks = list(tasks)
-        return FileDataset(
-            f"NYUDv2 {split} ({self._split_file(split)})", ids,
-            check=partial(self._paths, tasks=tasks),  # partials of methods pickle (spawned loader workers)
-            read=partial(self._read, tasks=tasks),
-            skip_bad_samples=self.skip_bad_samples,
-        )
+    def label_folders(self, task: str) -> list[tuple[Path, str]]:
+        folder, suffixes = _LABELS[task]
+        return [(self.root / folder, f"the {task} labels <id>{'/'.join(suffixes)}")]
 
-    def _paths(self, sample_id: str, tasks: Sequence[str]) -> dict[str, Path]:
+    def sample_paths(self, sample_id: str, tasks: Sequence[str]) -> dict[str, Path]:
         paths = {"image": first_existing(self.images_dir / sample_id, _IMAGE_SUFFIXES, "the RGB image")}
         for task in tasks:
             folder, suffixes = _LABELS[task]
             paths[task] = first_existing(self.root / folder / sample_id, suffixes, f"the {task} label")
         return paths
 
-    def _read(self, sample_id: str, tasks: Sequence[str]) -> dict:
-        paths = self._paths(sample_id, tasks)
+    def read_sample(self, sample_id: str, tasks: Sequence[str]) -> dict:
+        paths = self.sample_paths(sample_id, tasks)
         image = read_rgb(paths["image"])
         size = (int(image.shape[1]), int(image.shape[2]))
         sample: dict = {"image": image}

@@ -28,22 +28,20 @@ Decoding decisions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX, DataSource, Split
-from mtcp.data.sources.file_dataset import FileDataset
+from mtcp.data.sources.base import IGNORE_INDEX, Split
+from mtcp.data.sources.file_dataset import FolderSource
 from mtcp.data.sources.files import (
     DatasetFileError,
     check_size,
     read_mat,
     read_png,
     read_rgb,
-    read_split,
     require_dir,
     require_file,
 )
@@ -78,7 +76,7 @@ def label_map_edges(label_map: np.ndarray) -> np.ndarray:
     return edge.astype(np.int64)
 
 
-class PascalContext(DataSource):
+class PascalContext(FolderSource):
     """PASCAL-Context (21-class semseg, human parts, saliency, normals, edge) from ``PASCAL_MT``.
 
     Args:
@@ -116,24 +114,13 @@ class PascalContext(DataSource):
     def image_size(self) -> tuple[int, int]:
         return (512, 512)
 
-    def _split_file(self, split: Split) -> Path:
+    def split_file(self, split: Split) -> Path:
         return self.root / "ImageSets" / "Context" / ("train.txt" if split == "train" else "val.txt")  # test = val
 
-    def dataset(self, split: Split, tasks: Sequence[str]) -> FileDataset:
-        self.check_tasks(tasks)
-        for task in tasks:
-            for folder in _TASK_DIRS[task]:
-                require_dir(self.root / folder, f"the {task} labels")
-        ids = read_split(self._split_file(split))
-        tasks = list(tasks)
-        return FileDataset(
-            f"PascalContext {split} ({self._split_file(split)})", ids,
-            check=partial(self._paths, tasks=tasks),  # partials of methods pickle (spawned loader workers)
-            read=partial(self._read, tasks=tasks),
-            skip_bad_samples=self.skip_bad_samples,
-        )
+    def label_folders(self, task: str) -> list[tuple[Path, str]]:
+        return [(self.root / folder, f"the {task} labels") for folder in _TASK_DIRS[task]]
 
-    def _paths(self, sample_id: str, tasks: Sequence[str]) -> dict[str, Path]:
+    def sample_paths(self, sample_id: str, tasks: Sequence[str]) -> dict[str, Path]:
         root = self.root
         context = root.joinpath(*_CONTEXT_DIR) / f"{sample_id}.mat"
         paths = {"image": require_file(self.images_dir / f"{sample_id}.jpg", "the RGB image")}
@@ -152,8 +139,8 @@ class PascalContext(DataSource):
             paths["context"] = require_file(context, "the PASCAL-Context LabelMap")
         return paths
 
-    def _read(self, sample_id: str, tasks: Sequence[str]) -> dict:
-        paths = self._paths(sample_id, tasks)
+    def read_sample(self, sample_id: str, tasks: Sequence[str]) -> dict:
+        paths = self.sample_paths(sample_id, tasks)
         image = read_rgb(paths["image"])
         size = (int(image.shape[1]), int(image.shape[2]))
         label_map = self._read_label_map(paths["context"], size) if "context" in paths else None
