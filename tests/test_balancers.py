@@ -42,10 +42,7 @@ class FakeModule(nn.Module):
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
         self.task_names = list(tasks)
-        self.register_buffer("task_weights", torch.ones(len(tasks)))
         self.balancer_params = nn.ParameterDict()
-        self.loss_projection = "identity"
-        self.loss_combiner = None
         self.logged: dict[str, float] = {}
 
     def log(self, name: str, value: float, **kwargs) -> None:
@@ -56,12 +53,23 @@ def fake_trainer() -> SimpleNamespace:
     return SimpleNamespace(global_step=0, current_epoch=0, strategy=None)
 
 
+def run_step(balancer: Balancer, trainer: SimpleNamespace, module: FakeModule, losses: list[float],
+             batch_idx: int = 0) -> list[float]:
+    """One training step through the hooks, in Lightning's order; the weights its objective used."""
+    batch = {"meta": {"id": [f"id{trainer.global_step}"]}}
+    balancer.on_train_batch_start(trainer, module, batch, batch_idx)
+    balancer.objective(torch.tensor(losses, dtype=torch.float64))
+    balancer.on_before_optimizer_step(trainer, module, None)
+    balancer.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.0)}, batch, batch_idx)
+    return balancer.used_weights.tolist()
+
+
 def run_epochs(balancer: Balancer, epochs: list[list[list[float]]], tasks: list[str] | None = None,
                module: FakeModule | None = None, trainer: SimpleNamespace | None = None,
                first_epoch: int = 0) -> tuple[list[list[float]], FakeModule, SimpleNamespace]:
     """Drive the hooks over epochs of scripted per-step losses (one list [T] per step).
 
-    Returns the weights in the module's buffer at every step's forward.
+    Returns the weights that every step's objective used.
     """
     tasks = tasks or TASKS[: len(epochs[0][0])]
     module = module or FakeModule(tasks)
@@ -72,10 +80,7 @@ def run_epochs(balancer: Balancer, epochs: list[list[list[float]]], tasks: list[
         trainer.current_epoch = e
         balancer.on_train_epoch_start(trainer, module)
         for i, losses in enumerate(epoch):
-            balancer.on_train_batch_start(trainer, module, None, i)
-            used.append(module.task_weights.tolist())
-            out = {"loss": torch.tensor(0.0), "task_losses": torch.tensor(losses, dtype=torch.float64)}
-            balancer.on_train_batch_end(trainer, module, out, None, i)
+            used.append(run_step(balancer, trainer, module, losses, i))
             trainer.global_step += 1
         balancer.on_train_epoch_end(trainer, module)
     return used, module, trainer
@@ -118,10 +123,13 @@ def lps_steps() -> list[list[list[float]]]:
     (7.5, [0.02 / 2.51, 5.0 / 2.51]),
 ])
 def test_lps_ratio_rule_and_spread_by_hand(spread, expected):
-    used, module, _ = run_epochs(LossPrioritization(spread=spread, window=2), lps_steps())
+    lps = LossPrioritization(spread=spread, window=2)
+    used, module, _ = run_epochs(lps, lps_steps())
     # steps 0-3: w = 1 (first window, then init="ones" keeps 1 for the second); step 4: the ratio rule
     assert_rows(used, [[1.0, 1.0]] * 4 + [expected])
-    assert module.loss_projection == "log"
+    # the objective is sum_t w_t log(1 + L_t + 1e-6): raw losses whose projections are 1 and 2
+    total = lps.objective(torch.tensor([unproj(1.0), unproj(2.0)], dtype=torch.float64))
+    assert total.item() == pytest.approx(expected[0] * 1.0 + expected[1] * 2.0, abs=1e-6)
     # projected pooled losses are logged every step (here those of the last step: 1.0, 1.0)
     assert module.logged["train/proj_loss_semseg"] == pytest.approx(1.0, abs=1e-6)
     assert module.logged["train/weight_depth"] == pytest.approx(expected[1], abs=1e-6)
@@ -157,8 +165,7 @@ def test_lps_resumes_a_window_left_open_at_an_epoch_end():
     # epoch 1 without its on_train_epoch_end
     trainer.current_epoch = 1
     for i, losses in enumerate(epochs[1]):
-        first.on_train_batch_start(trainer, module, None, i)
-        first.on_train_batch_end(trainer, module, {"task_losses": torch.tensor(losses)}, None, i)
+        run_step(first, trainer, module, losses, i)
     state = first.state_dict()
     resumed = LossPrioritization()
     resumed.setup(trainer, FakeModule(TASKS[:2]), "fit")
@@ -206,24 +213,25 @@ def test_lps_zero_losses_give_finite_weights():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_losses_are_skipped_with_a_warning(bad):
-    # the LPS_STEPS run with a non-finite step inserted after step 1: the weights are those of the
-    # clean run (the bad step is left out of the history, the weights kept)
-    clean = lps_steps()[0]
-    dirty = clean[:2] + [[bad, 1.0]] + clean[2:]
-    with pytest.warns(RuntimeWarning, match="non-finite pooled task losses"):
-        used, _, _ = run_epochs(LossPrioritization(window=2), [dirty])
-    assert_rows(used, [[1.0, 1.0]] * 5 + [[0.8, 1.2]])
+def test_non_finite_loss_stops_before_the_update_naming_task_and_ids(bad):
+    # the LPS_STEPS run with a non-finite depth loss at step 2: the check after backward raises,
+    # naming the task, the step and the batch's sample ids; the rule never sees that step
+    lps = LossPrioritization(window=2)
+    _, module, trainer = run_epochs(lps, [lps_steps()[0][:2]])
+    history = lps.history.state_dict()
+    with pytest.raises(FloatingPointError, match=r"task\(s\) \['depth'\] at step 2 \(rank 0: task\(s\) "
+                                                 r"\['depth'\], batch ids \['id2'\]\).*before the parameters"):
+        run_step(lps, trainer, module, [1.0, bad])
+    assert lps.history.state_dict() == history and lps.weights.tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("make", [lambda: LossPrioritization(spread=7.5, window=1), lambda: DWA(window=1),
                                   GLS, FAMO, lambda: RLW(seed=3), UncertaintyWeighting])
 def test_no_balancer_produces_non_finite_weights(make):
-    nan, inf = float("nan"), float("inf")
-    steps = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [nan, 1.0, 1.0], [0.0, 5.0, inf], [1e-30, 1e6, 0.0],
+    steps = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [1e30, 1.0, 1.0], [0.0, 5.0, 1e-300], [1e-30, 1e6, 0.0],
              [2.0, 2.0, 2.0], [0.0, 1.0, 1.0]]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("error")
         used, _, _ = run_epochs(make(), [steps])
     assert torch.isfinite(torch.tensor(used)).all()
 
@@ -290,10 +298,13 @@ def test_dwa_by_hand():
     # epochs 0 and 1 use w = 1; epoch 2: r = [1/2, 3/4], tau = 2:
     #   w_A = 2 * e^{0.25} / (e^{0.25} + e^{0.375}) = 2 / (1 + e^{0.125}), w_B = 2 - w_A
     epochs = [[[1.0, 3.0], [3.0, 5.0]], [[1.0, 2.0], [1.0, 4.0]], [[1.0, 1.0]]]
-    used, module, _ = run_epochs(DWA(), epochs)
+    dwa = DWA()
+    used, module, _ = run_epochs(dwa, epochs)
     w_a = 2 / (1 + math.exp(0.125))
     assert_rows(used, [[1.0, 1.0]] * 4 + [[w_a, 2 - w_a]])
-    assert module.loss_projection == "identity"
+    # identity projection: the objective is w_A L_A + w_B L_B = 0.25 * 1 + 1.75 * 2
+    dwa.weights = torch.tensor([0.25, 1.75])
+    assert dwa.objective(torch.tensor([1.0, 2.0])).item() == pytest.approx(3.75, rel=1e-6)
     assert w_a == pytest.approx(0.937581, abs=1e-6)
 
 
@@ -314,9 +325,10 @@ def test_fixed_weights_reject_unknown_and_negative_names():
 
 
 def test_equal_weights_stay_one():
-    used, module, _ = run_epochs(EqualWeights(), [[[1.0, 5.0, 0.1]] * 3])
+    equal = EqualWeights()
+    used, module, _ = run_epochs(equal, [[[1.0, 5.0, 0.1]] * 3])
     assert_rows(used, [[1.0, 1.0, 1.0]] * 3)
-    assert module.loss_combiner is None
+    assert equal.objective(torch.tensor([1.0, 5.0, 0.1])).item() == pytest.approx(6.1, rel=1e-6)
 
 
 # -- GLS -------------------------------------------------------------------------------------
@@ -324,16 +336,15 @@ def test_gls_objective_and_gradient_by_hand():
     gls = GLS()
     module = FakeModule(TASKS)
     gls.setup(fake_trainer(), module, "fit")
-    assert module.loss_combiner is not None
     losses = torch.tensor([1.0, 4.0, 16.0], requires_grad=True)
-    total = module.loss_combiner(module, losses)
+    total = gls.objective(losses)
     # (1 * 4 * 16)^(1/3) = 64^(1/3) = 4 ; dG/dL_t = G / (T L_t) = 4/3, 4/12, 4/48
     assert total.item() == pytest.approx(4.0, rel=1e-6)
     total.backward()
     assert losses.grad.tolist() == pytest.approx([4 / 3, 1 / 3, 1 / 12], rel=1e-5)
     # a zero loss (no labelled pixel) is left out: (4 * 16)^(1/2) = 8
-    assert module.loss_combiner(module, torch.tensor([0.0, 4.0, 16.0])).item() == pytest.approx(8.0, rel=1e-6)
-    assert module.loss_combiner(module, torch.zeros(3)).item() == 0.0
+    assert gls.objective(torch.tensor([0.0, 4.0, 16.0])).item() == pytest.approx(8.0, rel=1e-6)
+    assert gls.objective(torch.zeros(3)).item() == 0.0
 
 
 def test_gls_logged_weights_by_hand():
@@ -397,9 +408,9 @@ def test_famo_objective_gradient_by_hand():
     famo = FAMO()
     module = FakeModule(TASKS[:2])
     famo.setup(fake_trainer(), module, "fit")
-    module.task_weights.copy_(torch.tensor([0.5, 1.5]))  # T z with z = [0.25, 0.75]
+    famo.weights = torch.tensor([0.5, 1.5])  # T z with z = [0.25, 0.75]
     losses = torch.tensor([1.0, 0.5], requires_grad=True)
-    module.loss_combiner(module, losses).backward()
+    famo.objective(losses).backward()
     # c = 0.25/1 + 0.75/0.5 = 1.75; dTotal/dL_t = T (z_t / L_t) / c = 2 * [0.25, 1.5] / 1.75
     assert losses.grad.tolist() == pytest.approx([0.5 / 1.75, 3.0 / 1.75], rel=1e-6)
     assert sum(losses.grad.tolist()) == pytest.approx(2.0)
@@ -434,12 +445,12 @@ def test_uncertainty_objective_by_hand(kendall, total, grad, weights):
     assert isinstance(s, nn.Parameter) and s.tolist() == [0.0, 0.0]
     with torch.no_grad():
         s.copy_(torch.tensor([0.0, math.log(2)]))
-    value = module.loss_combiner(module, torch.tensor([3.0, 4.0]))
+    value = uw.objective(torch.tensor([3.0, 4.0]))
     assert value.item() == pytest.approx(total, rel=1e-6)
     value.backward()
     assert s.grad.tolist() == pytest.approx(grad, rel=1e-6)
-    uw.on_train_batch_start(trainer, module, None, 0)
-    assert module.task_weights.tolist() == pytest.approx(weights, rel=1e-6)
+    uw.on_train_batch_start(trainer, module, {}, 0)
+    assert uw.weights.tolist() == pytest.approx(weights, rel=1e-6)
 
 
 def test_uncertainty_params_are_trained_checkpointed_and_reloadable(tiny_run, tmp_path):

@@ -4,6 +4,7 @@ from the pooled losses), and a resumed run that continues with exactly the same 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,109 @@ def test_ddp_uncertainty_log_variances_are_trained_in_sync(tmp_path):
     # the weights of step k are exp(-s) after k optimizer steps: they moved during the run
     assert torch.equal(r0["weights"][0], torch.ones(3, dtype=torch.float64))
     assert not torch.equal(r0["weights"][-1], r0["weights"][0])
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    """True once process ``pid`` no longer exists (or is a zombie), waiting up to ``seconds``."""
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        status = Path(f"/proc/{pid}/status")
+        if status.exists() and "State:\tZ" in status.read_text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_ddp_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1 alone gets an infinite depth label at step 2: both ranks stop at step 2, before the
+    update, with one message naming the task, the rank and its sample ids; nobody hangs."""
+    import time
+
+    out = tmp_path / "pids"
+    bad = {"class_path": "helpers.recorders.InfiniteDepthLabel",
+           "init_args": {"rank": 1, "step": 2, "out_dir": str(out)}}
+    cmd = [
+        sys.executable, "-m", "mtcp", "fit",
+        "--config", str(ROOT / "configs/procedural.yaml"),
+        "--config", str(ROOT / "configs/trainer/debug.yaml"),
+        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",
+        "--data.source.init_args.image_size=[64,64]",
+        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
+        "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=6",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
+        "--trainer.callbacks+=" + json.dumps(bad),
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    # rank 0's message names what rank 1 saw: both ranks reached the check of step 2 together
+    assert re.search(r"mtcp: error: non-finite training loss for task\(s\) \['depth'\] at step 2 \(rank 1: "
+                     r"task\(s\) \['depth'\], batch ids \[.+\]\).*before the parameters were updated", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 240  # a rank left waiting in a collective would sit out gloo's 30-minute timeout
+    for rank in (0, 1):  # neither process is left running (a few seconds to be reaped)
+        pid = int((out / f"rank{rank}.pid").read_text())
+        assert _gone(pid, seconds=15), f"rank {rank} (pid {pid}) still running"
+    assert not (tmp_path / "checkpoints").exists()  # stopped inside epoch 0: nothing half-trained was saved
+
+
+def test_a_training_step_reads_the_device_once(tiny_run):
+    """Device-to-host reads (``.cpu()``, ``.item()``, ``.tolist()``, ``bool()``, ``float()``, ``.numpy()``)
+    in the code that runs every step: none in ``training_step`` (forward, losses, objective); exactly one
+    in the balancer's ``on_before_optimizer_step`` (the pooled losses, for the check and the rule). The
+    balancer's other hooks work on that host copy and on its host-side weights."""
+    from torch.overrides import TorchFunctionMode
+
+    reads = {"cpu", "item", "tolist", "__bool__", "__float__", "__int__", "numpy"}
+
+    class CountReads(TorchFunctionMode):
+        """Counts reads of device tensors; what a `.cpu()` returns, and what is computed from such host
+        copies alone, is host data (reading it again costs nothing on a GPU)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+            self.host: set[int] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            on_host = bool(tensors) and all(id(t) in self.host for t in tensors)
+            result = func(*args, **(kwargs or {}))
+            if name in reads and not on_host:
+                self.names.append(name)
+            if isinstance(result, torch.Tensor) and (on_host or name == "cpu"):
+                self.host.add(id(result))
+            return result
+
+    counted: dict[str, list[list[str]]] = {"training_step": [], "on_before_optimizer_step": []}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            with CountReads() as mode:
+                result = fn(*args, **kwargs)
+            counted[name].append(mode.names)
+            return result
+        return wrapper
+
+    cli = cli_main([*tiny_run, "--balancer", "mtcp.balancers.LossPrioritization", "--balancer.window", "2",
+                    "--balancer.init", "equal",
+                    "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"], run=False)
+    balancer = cli.trainer.callbacks[[type(c).__name__ for c in cli.trainer.callbacks].index("LossPrioritization")]
+    cli.model.training_step = counting("training_step", cli.model.training_step)
+    balancer.on_before_optimizer_step = counting("on_before_optimizer_step", balancer.on_before_optimizer_step)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert counted["training_step"] == [[], [], []]
+    assert counted["on_before_optimizer_step"] == [["cpu"]] * 3
+    assert not torch.equal(balancer.weights, torch.ones(3))  # the rule did learn from those reads

@@ -190,6 +190,9 @@ def test_normals_resize_constant_prediction() -> None:
 
 
 # ----------------------------------------------------------------------------- saliency
+# Default convention = the ASTMT/MTI-Net reference: per image P = tp/(tp+fp+1e-12), R = tp/(tp+fn+1e-12),
+# so an empty prediction has P 0 and an empty label R 0; IoU is 1 when both are empty, else tp/union.
+# "one" = mtcp's former convention (empty prediction P 1, empty label R 1).
 
 # thresholds 0.20, 0.25, ..., 0.90 (15). Probabilities below avoid every threshold.
 SAL_A_PROB = [[0.97, 0.42, 0.62], [0.1, 0.97, 0.1]]
@@ -198,12 +201,27 @@ SAL_A_LAB = [[1, 1, 0], [0, IGN, 1]]
 #   t in 0.20..0.40 (5 thr): predicted .97 .42 .62 -> tp 2 fp 1 fn 1: P 2/3, R 2/3, IoU 2/4
 #   t in 0.45..0.60 (4 thr): predicted .97 .62     -> tp 1 fp 1 fn 2: P 1/2, R 1/3, IoU 1/4
 #   t in 0.65..0.90 (6 thr): predicted .97         -> tp 1 fp 0 fn 2: P 1,   R 1/3, IoU 1/3
-# image B: all background, nothing predicted -> P = R = IoU = 1 at every threshold (conventions)
+# image B: all background, nothing predicted at any threshold (empty label and prediction):
+#   reference P 0, R 0, IoU 1;  "one" P 1, R 1, IoU 1
 # image C: all ignored -> not counted
-# means over 2 images: group 1 P 5/6 R 5/6 IoU 3/4; group 2 P 3/4 R 2/3 IoU 5/8; group 3 P 1 R 2/3 IoU 2/3
+# means over A and B, reference: group 1 P 1/3 R 1/3 IoU 3/4; group 2 P 1/4 R 1/6 IoU 5/8;
+#                                group 3 P 1/2 R 1/6 IoU 2/3
+# means over A and B, "one":     group 1 P 5/6 R 5/6 IoU 3/4; group 2 P 3/4 R 2/3 IoU 5/8;
+#                                group 3 P 1   R 2/3 IoU 2/3
 SAL_B_PROB = [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]
 SAL_B_LAB = [[0, 0, 0], [0, 0, 0]]
 SAL_C_LAB = [[IGN, IGN, IGN], [IGN, IGN, IGN]]
+
+# 4-pixel images for the empty-case tests (one row each)
+SAL_EMPTY_PROB, SAL_EMPTY_LAB = [[0.1, 0.1, 0.1, 0.1]], [[0, 0, 0, 0]]  # E: empty label and prediction
+# E, every threshold: tp 0 fp 0 fn 0 -> reference P 0, R 0, IoU 1 ("one": P 1, R 1, IoU 1)
+SAL_FADE_PROB, SAL_FADE_LAB = [[0.57, 0.1, 0.1, 0.1]], [[1, 1, 1, 0]]  # F: prediction empties for t >= 0.60
+# F, t in 0.20..0.55 (8 thr): predicted .57 -> tp 1 fp 0 fn 2: P 1, R 1/3, IoU 1/3
+# F, t in 0.60..0.90 (7 thr): nothing predicted -> tp 0 fp 0 fn 3: reference P 0, R 0, IoU 0/3 = 0
+#                                                               ("one": P 1, R 0, IoU 0)
+SAL_ORD_PROB, SAL_ORD_LAB = [[0.97, 0.57, 0.57, 0.57]], [[1, 0, 0, 0]]  # G: an ordinary image
+# G, t in 0.20..0.55 (8 thr): all 4 predicted -> tp 1 fp 3 fn 0: P 1/4, R 1, IoU 1/4
+# G, t in 0.60..0.90 (7 thr): predicted .97   -> tp 1 fp 0 fn 0: P 1,   R 1, IoU 1
 
 
 def test_saliency_values_beta1() -> None:
@@ -216,8 +234,10 @@ def test_saliency_values_beta1() -> None:
     )
     out = m.compute()
     assert set(out) == {"maxf", "max_miou"}
-    # F1: group 1: 5/6 (P = R); group 2: 2*(3/4)(2/3)/(3/4+2/3) = 12/17; group 3: 2*(2/3)/(5/3) = 4/5
-    assert close(out["maxf"], 5 / 6 * 100)
+    assert int(m.n_images) == 2  # C not counted
+    # reference F1: group 1: 1/3 (P = R); group 2: 2*(1/4)(1/6)/(1/4+1/6) = (1/12)/(5/12) = 1/5;
+    # group 3: 2*(1/2)(1/6)/(1/2+1/6) = (1/6)/(2/3) = 1/4  -> maxF 1/3 ("one" would give 5/6)
+    assert close(out["maxf"], 100 / 3)
     assert close(out["max_miou"], 75.0)  # group 1
 
 
@@ -227,21 +247,106 @@ def test_saliency_beta_sq_03() -> None:
         torch.cat([prob_map(SAL_A_PROB), prob_map(SAL_B_PROB)]),
         torch.cat([lab(SAL_A_LAB), lab(SAL_B_LAB)]),
     )
-    # F_0.3 = 1.3 P R / (0.3 P + R): group 1 (P = R) 5/6 = 0.8333;
-    # group 2 1.3*(1/2)/(0.3*3/4 + 2/3) = 0.7290; group 3 1.3*(2/3)/(0.3 + 2/3) = 26/29 = 0.8966
-    assert close(m.compute()["maxf"], 26 / 29 * 100)
+    # reference, F_0.3 = 1.3 P R / (0.3 P + R): group 1 (P = R) 1/3 = 0.3333;
+    # group 2 1.3*(1/24)/(0.3/4 + 1/6) = (1.3/24)/(29/120) = 13/58 = 0.2241;
+    # group 3 1.3*(1/12)/(0.3/2 + 1/6) = (1.3/12)/(19/60) = 13/38 = 0.3421  -> maxF 13/38
+    assert close(m.compute()["maxf"], 1300 / 38)
+
+
+def test_saliency_empty_label_and_prediction_reference() -> None:
+    m = SaliencyMetrics()
+    m.update(prob_map(SAL_EMPTY_PROB), lab(SAL_EMPTY_LAB))
+    c = m.curves()
+    # E: P 0, R 0, IoU 1 at all 15 thresholds -> F 0 everywhere
+    assert torch.equal(c["precision"], torch.zeros(15, dtype=torch.float64))
+    assert torch.equal(c["recall"], torch.zeros(15, dtype=torch.float64))
+    assert torch.equal(c["iou"], torch.ones(15, dtype=torch.float64))
+    out = m.compute()
+    assert close(out["maxf"], 0.0)  # "one" would give P = R = 1 -> 100
+    assert close(out["max_miou"], 100.0)
+
+
+def test_saliency_prediction_empties_at_high_thresholds_reference() -> None:
+    m = SaliencyMetrics()
+    m.update(prob_map(SAL_FADE_PROB), lab(SAL_FADE_LAB))
+    c = m.curves()
+    low, high = slice(0, 8), slice(8, 15)  # t 0.20..0.55 | t 0.60..0.90
+    assert torch.allclose(c["precision"][low], torch.ones(8, dtype=torch.float64))
+    assert torch.equal(c["precision"][high], torch.zeros(7, dtype=torch.float64))  # "one": 1
+    assert torch.allclose(c["recall"][low], torch.full((8,), 1 / 3, dtype=torch.float64))
+    assert torch.equal(c["recall"][high], torch.zeros(7, dtype=torch.float64))
+    assert torch.equal(c["iou"][high], torch.zeros(7, dtype=torch.float64))
+    # F1 low: 2*1*(1/3)/(1 + 1/3) = 1/2; high: 0
+    out = m.compute()
+    assert close(out["maxf"], 50.0)
+    assert close(out["max_miou"], 100 / 3)
+
+
+def test_saliency_batch_mixing_empty_cases_reference() -> None:
+    m = SaliencyMetrics()
+    m.update(
+        torch.cat([prob_map(SAL_EMPTY_PROB), prob_map(SAL_FADE_PROB), prob_map(SAL_ORD_PROB)]),
+        torch.cat([lab(SAL_EMPTY_LAB), lab(SAL_FADE_LAB), lab(SAL_ORD_LAB)]),
+    )
+    # means over E, F, G (reference):
+    #   t 0.20..0.55: P (0 + 1 + 1/4)/3 = 5/12, R (0 + 1/3 + 1)/3 = 4/9, IoU (1 + 1/3 + 1/4)/3 = 19/36
+    #     F1 = 2*(5/12)(4/9)/(5/12 + 4/9) = (10/27)/(31/36) = 40/93 = 0.4301
+    #   t 0.60..0.90: P (0 + 0 + 1)/3 = 1/3, R (0 + 0 + 1)/3 = 1/3, IoU (1 + 0 + 1)/3 = 2/3, F1 = 1/3
+    # maxF 40/93 = 43.01 % ("one" gives 80 %); the mean of per-image F would be
+    # max((0 + 1/2 + 2/5)/3, (0 + 0 + 1)/3) = 1/3
+    out = m.compute()
+    assert close(out["maxf"], 4000 / 93)
+    assert close(out["max_miou"], 200 / 3)
+    # same images one at a time: per-image states, so the batching does not matter
+    single = SaliencyMetrics()
+    for p, y in ((SAL_EMPTY_PROB, SAL_EMPTY_LAB), (SAL_FADE_PROB, SAL_FADE_LAB), (SAL_ORD_PROB, SAL_ORD_LAB)):
+        single.update(prob_map(p), lab(y))
+    assert close(single.compute()["maxf"], 4000 / 93)
+
+
+def test_saliency_one_convention_keeps_former_values() -> None:
+    m = SaliencyMetrics(empty_convention="one")
+    m.update(
+        torch.cat([prob_map(SAL_A_PROB), prob_map(SAL_B_PROB)]),
+        torch.cat([lab(SAL_A_LAB), lab(SAL_B_LAB)]),
+    )
+    # "one" F1 over A and B: group 1: 5/6 (P = R); group 2: 2*(3/4)(2/3)/(3/4+2/3) = 12/17;
+    # group 3: 2*(2/3)/(5/3) = 4/5  -> maxF 5/6; max mIoU 3/4 (IoU does not depend on the convention)
+    out = m.compute()
+    assert close(out["maxf"], 500 / 6)
+    assert close(out["max_miou"], 75.0)
+    m = SaliencyMetrics(empty_convention="one")
+    m.update(
+        torch.cat([prob_map(SAL_EMPTY_PROB), prob_map(SAL_FADE_PROB), prob_map(SAL_ORD_PROB)]),
+        torch.cat([lab(SAL_EMPTY_LAB), lab(SAL_FADE_LAB), lab(SAL_ORD_LAB)]),
+    )
+    # "one" over E, F, G: t 0.20..0.55: P (1 + 1 + 1/4)/3 = 3/4, R (1 + 1/3 + 1)/3 = 7/9,
+    #   F1 = 2*(3/4)(7/9)/(3/4 + 7/9) = (7/6)/(55/36) = 42/55 = 0.7636;
+    # t 0.60..0.90: P (1 + 1 + 1)/3 = 1, R (1 + 0 + 1)/3 = 2/3, F1 = (4/3)/(5/3) = 4/5  -> maxF 80 %
+    out = m.compute()
+    assert close(out["maxf"], 80.0)
+    assert close(out["max_miou"], 200 / 3)
+
+
+def test_saliency_empty_convention_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"empty_convention.*'reference', 'one'.*'ones'"):
+        SaliencyMetrics(empty_convention="ones")
 
 
 def test_saliency_edge_cases_average_p_and_r() -> None:
-    m = SaliencyMetrics()
-    # D: a positive, nothing predicted -> P 1 (convention), R 0, IoU 0
-    m.update(prob_map([[0.1, 0.1]]), lab([[1, 0]]))
-    # E: no positive, one false alarm at every threshold -> P 0, R 1 (convention), IoU 0
-    m.update(prob_map([[0.97, 0.1]]), lab([[0, 0]]))
-    out = m.compute()
-    # mean P 1/2, mean R 1/2 -> F1 1/2 (the mean of per-image F would be 0)
-    assert close(out["maxf"], 50.0)
-    assert close(out["max_miou"], 0.0)
+    ref, one = SaliencyMetrics(), SaliencyMetrics(empty_convention="one")
+    for m in (ref, one):
+        # D: a positive, nothing predicted -> tp 0 fp 0 fn 1: reference P 0 ("one" P 1), R 0, IoU 0
+        m.update(prob_map([[0.1, 0.1]]), lab([[1, 0]]))
+        # H: no positive, one false alarm at every threshold -> tp 0 fp 1 fn 0: P 0,
+        #    reference R 0 ("one" R 1), IoU 0
+        m.update(prob_map([[0.97, 0.1]]), lab([[0, 0]]))
+    # reference: mean P 0, mean R 0 -> F 0
+    assert close(ref.compute()["maxf"], 0.0)
+    assert close(ref.compute()["max_miou"], 0.0)
+    # "one": mean P 1/2, mean R 1/2 -> F1 1/2 (the mean of per-image F would be 0)
+    assert close(one.compute()["maxf"], 50.0)
+    assert close(one.compute()["max_miou"], 0.0)
 
 
 def test_saliency_resizes_constant_prediction() -> None:

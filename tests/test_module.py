@@ -36,14 +36,18 @@ def test_outputs_have_the_input_size_for_odd_sizes(size):
     assert torch.allclose(out["normals"].norm(dim=1), torch.ones(1, *size), atol=1e-4)
 
 
-def test_total_is_weighted_sum_of_projected_losses():
+def test_total_is_the_balancers_objective_of_the_task_losses():
+    from types import SimpleNamespace
+
+    from mtcp.balancers import LossPrioritization
+
     module = MultiTaskModule(TASKS, net=tiny_net)
-    batch = make_batch()
-    module.task_weights.copy_(torch.tensor([0.5, 2.0, 1.0]))
-    module.loss_projection = "log"
-    module.log = lambda *a, **k: None  # no trainer attached
-    torch.manual_seed(1)
-    step = module.training_step(batch, 0)
+    lps = LossPrioritization()
+    lps.setup(SimpleNamespace(strategy=None), module, "fit")
+    lps.weights = torch.tensor([0.5, 2.0, 1.0])
+    module.trainer = SimpleNamespace(callbacks=[lps])  # what the module reads from its trainer
+    module.log = lambda *a, **k: None  # no real trainer attached
+    step = module.training_step(make_batch(), 0)
     losses = step["task_losses"].tolist()
     expected = 0.5 * math.log(1 + losses[0] + 1e-6) + 2.0 * math.log(1 + losses[1] + 1e-6) + math.log(
         1 + losses[2] + 1e-6)
@@ -51,13 +55,13 @@ def test_total_is_weighted_sum_of_projected_losses():
     assert step["loss"].requires_grad and not step["task_losses"].requires_grad
 
 
-def test_non_finite_loss_raises_naming_the_task():
+def test_a_module_without_exactly_one_balancer_says_so():
+    from types import SimpleNamespace
+
     module = MultiTaskModule(TASKS, net=tiny_net)
-    module.log = lambda *a, **k: None
-    batch = make_batch()
-    batch["depth"][0, 0, 0, 0] = float("inf")  # NaN would count as invalid (not > 0)
-    with pytest.raises(FloatingPointError, match=r"depth.*s0"):
-        module.training_step(batch, 0)
+    module.trainer = SimpleNamespace(callbacks=[])
+    with pytest.raises(ValueError, match=r"exactly one balancer callback.*found \[\]"):
+        module.training_step(make_batch(), 0)
 
 
 def test_checkpoint_from_other_tasks_is_rejected_with_both_task_sets():
@@ -85,3 +89,23 @@ def test_loss_override_uses_the_authors_normals_mse():
         MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"normals": "normals_l2"})
     with pytest.raises(ValueError, match="'sal' is not a task"):
         MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"sal": "balanced_bce"})
+
+
+def test_non_finite_loss_stops_the_step_naming_the_task_and_sample():
+    from types import SimpleNamespace
+
+    from mtcp.balancers import EqualWeights
+
+    module = MultiTaskModule(TASKS, net=tiny_net)
+    balancer = EqualWeights()
+    trainer = SimpleNamespace(strategy=None, callbacks=[balancer], global_step=7, global_rank=0)
+    balancer.setup(trainer, module, "fit")
+    module.trainer = trainer
+    module.log = lambda *a, **k: None
+    batch = make_batch()
+    batch["depth"][1, 0, 0, 0] = float("inf")  # NaN would count as invalid (not > 0)
+    balancer.on_train_batch_start(trainer, module, batch, 0)
+    module.training_step(batch, 0)  # no host read here: the check comes after backward
+    with pytest.raises(FloatingPointError, match=r"\['depth'\] at step 7 \(rank 0: task\(s\) \['depth'\], "
+                                                 r"batch ids \['s0', 's1'\]\)"):
+        balancer.on_before_optimizer_step(trainer, module, None)

@@ -1,15 +1,18 @@
 """The MT-CP network: shapes at the paper's strides, the CFM's attention, gradients, ablations, backbones."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtcp.bench import load_network_factory, random_batch
 from mtcp.bench import main as bench_main
 from mtcp.models import MTCPNet, TimmBackbone
-from mtcp.models.cbam import CBAM
+from mtcp.models.cbam import CBAM, SpatialGate
 from mtcp.models.cfm import CoherenceFusion, naive_spatial_attention, resolve_scale, spatial_attention
 from mtcp.models.query_decoder import fuse
 from mtcp.models.task_decoder import PaddedSwinStage
@@ -107,16 +110,119 @@ def test_cfm_takes_the_memory_saving_kernel_on_the_cpu():
 
 
 def test_fusion_forms():
-    torch.manual_seed(0)
-    p, m, logits = torch.randn(2, 8, 5, 6), torch.randn(2, 4, 8), torch.randn(2, 4, 5, 6)
-    reference = fuse(p, m, logits, "reference")
-    assert torch.allclose(reference, torch.einsum("bnhw,bdhw->bdhw", logits, p), atol=1e-5)
-    query = fuse(p, m, logits, "query")
-    by_hand = p + p * torch.einsum("bnhw,bnd->bdhw", logits.softmax(dim=1), m)
-    assert torch.allclose(query, by_hand, atol=1e-6)
-    assert not torch.allclose(query, reference, atol=1e-2)
+    """Hand-computed R on a 1x2 map (N = D = 2), both forms.
+
+    P(0,0) = (1, 2), P(0,1) = (3, -1); query embeddings M_0 = (1, -1), M_1 = (3, 1).
+    ``query``: pixel (0,0) has logits (ln 3, 0), softmax over the queries (3/4, 1/4),
+    mix = 3/4 M_0 + 1/4 M_1 = (3/2, -1/2), R = P + P * mix = (1 + 3/2, 2 - 1) = (5/2, 1);
+    pixel (0,1) has logits (ln 2, ln 2), softmax (1/2, 1/2), mix = (2, 0), R = (3 + 6, -1 + 0) = (9, -1).
+    ``reference``: R = P * (sum of the logits) = (ln 3, 2 ln 3) and (3 ln 4, -ln 4).
+    """
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    p = torch.tensor([[1.0, 3.0], [2.0, -1.0]]).view(1, 2, 1, 2)  # [B, D, H, W]
+    m = torch.tensor([[[1.0, -1.0], [3.0, 1.0]]])  # [B, N, D]
+    logits = torch.tensor([[ln3, ln2], [0.0, ln2]]).view(1, 2, 1, 2)  # [B, N, H, W]
+    query = torch.tensor([[2.5, 9.0], [1.0, -1.0]]).view(1, 2, 1, 2)
+    reference = torch.tensor([[ln3, 3 * 2 * ln2], [2 * ln3, -2 * ln2]]).view(1, 2, 1, 2)
+    torch.testing.assert_close(fuse(p, m, logits, "query"), query)
+    torch.testing.assert_close(fuse(p, m, logits, "reference"), reference)
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse(p, m, logits, "sum")
+
+
+def test_fusion_forms_by_explicit_loops():
+    """Unequal B, N, D, H, W (a transposed or misplaced axis shows), against scalar loops."""
+    torch.manual_seed(0)
+    b, n, d, h, w = 2, 3, 4, 2, 5
+    p, m, logits = torch.randn(b, d, h, w), torch.randn(b, n, d), 3 * torch.randn(b, n, h, w)
+    query, reference = torch.zeros(b, d, h, w), torch.zeros(b, d, h, w)
+    for bi in range(b):
+        for y in range(h):
+            for x in range(w):
+                exps = [math.exp(float(logits[bi, k, y, x])) for k in range(n)]
+                total = sum(float(logits[bi, k, y, x]) for k in range(n))
+                for c in range(d):
+                    mix = sum(exps[k] / sum(exps) * float(m[bi, k, c]) for k in range(n))
+                    query[bi, c, y, x] = float(p[bi, c, y, x]) * (1.0 + mix)
+                    reference[bi, c, y, x] = float(p[bi, c, y, x]) * total
+    torch.testing.assert_close(fuse(p, m, logits, "query"), query, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fuse(p, m, logits, "reference"), reference, atol=1e-5, rtol=1e-5)
+
+
+def constant_spatial_gates(cfm: CoherenceFusion) -> CoherenceFusion:
+    """Zero the 7x7 kernels of every CBAM spatial gate (the gate becomes a constant sigmoid(bias)).
+
+    With zero padding those kernels make a spatially constant map vary at the borders;
+    without them every CFM branch maps a spatially constant map to a spatially constant map.
+    """
+    for module in cfm.modules():
+        if isinstance(module, SpatialGate):
+            nn.init.zeros_(module.conv.weight)
+    return cfm.eval()
+
+
+def spatially_constant(b: int, c: int, h: int, w: int) -> torch.Tensor:
+    return torch.randn(b, c, 1, 1).expand(b, c, h, w).contiguous()
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=0)
+
+
+def assert_differ(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert float((a - b).abs().max()) > 0.05 * float(b.abs().max())
+
+
+@pytest.mark.parametrize("num_auxiliary", [1, 2])
+def test_cfm_values_come_from_the_own_task_and_the_affinity_from_the_others(num_auxiliary):
+    """C_t = out(softmax(Q(F) K(F)^T) V(X_t)), F from the auxiliary tasks only.
+
+    - auxiliary maps spatially constant: Q and K are the same at every position, the
+      attention is uniform, so C_t = out(mean over positions of V(X_t)), whatever X_t's layout;
+    - X_t spatially constant: every value is the same vector, so C_t = out(V(X_t)) and
+      does not depend on the auxiliary maps at all;
+    - both varying: C_t changes with either.
+    Values taken from an auxiliary task (or Q/K from X_t) break the first two.
+    """
+    torch.manual_seed(0)
+    # a sharp softmax (scale 30) so that the affinity visibly matters at initialisation
+    cfm = constant_spatial_gates(CoherenceFusion(16, num_auxiliary, scale=30.0))
+    b, d, h, w = 2, 16, 5, 6
+    own, other_own = torch.randn(b, d, h, w), torch.randn(b, d, h, w)
+    flat_aux = [spatially_constant(b, d, h, w) for _ in range(num_auxiliary)]
+    flat_own = spatially_constant(b, d, h, w)
+    aux_a = [torch.randn(b, d, h, w) for _ in range(num_auxiliary)]
+    aux_b = [torch.randn(b, d, h, w) for _ in range(num_auxiliary)]
+    with torch.no_grad():
+        out = cfm(own, flat_aux)
+        assert_same(out, cfm.out(cfm.value(own).mean((2, 3), keepdim=True).expand(b, d, h, w)))
+        assert_same(cfm(own[..., torch.randperm(w)], flat_aux), out)  # the layout of X_t does not matter
+        assert_differ(cfm(other_own, flat_aux), out)
+
+        out = cfm(flat_own, aux_a)
+        assert_same(out, cfm.out(cfm.value(flat_own)))
+        assert_same(cfm(flat_own, aux_b), out)
+
+        assert_differ(cfm(own, aux_a), cfm(own, aux_b))
+        assert_differ(cfm(own, aux_a), cfm(other_own, aux_a))
+
+
+def test_each_task_cfm_gets_its_own_features_and_the_other_tasks_as_auxiliary():
+    """MTCPNet's wiring: CFM_t receives X_t as its own input and [X_a for a != t] (task order)."""
+    net = tiny(NYUD).eval()
+    seen = {}
+    for t in NYUD:
+        net.cfm[t].register_forward_pre_hook(lambda _m, args, t=t: seen.__setitem__(t, args))
+    with torch.no_grad():
+        feats = net.forward_features(torch.rand(1, 3, 64, 64))
+    x = feats["X"]
+    assert not any(torch.equal(x[a], x[t]) for a in NYUD for t in NYUD if a != t)  # the maps tell the tasks apart
+    for t in NYUD:
+        own, auxiliary = seen[t]
+        assert torch.equal(own, x[t]), t
+        others = [a for a in NYUD if a != t]
+        assert len(auxiliary) == len(others), t
+        assert all(torch.equal(m, x[a]) for m, a in zip(auxiliary, others, strict=True)), t
 
 
 ABLATIONS = {
@@ -174,15 +280,52 @@ def test_ablation_modules_are_absent():
 
 def test_padded_swin_stage_equals_timm_on_window_multiples():
     """Padding before the blocks keeps timm's shifted-window semantics where no padding is needed."""
-    from timm.models.swin_transformer import SwinTransformerStage
-
     torch.manual_seed(0)
     padded = PaddedSwinStage(8, 8, depth=2, heads=2, window=7, downsample=False)
     static = SwinTransformerStage(8, 8, (14, 21), 2, downsample=False, num_heads=2, window_size=7)
     static.load_state_dict(padded.stage.state_dict())
     x = torch.randn(1, 14, 21, 8)
     assert torch.allclose(padded(x), static(x), atol=1e-6)
-    assert padded(torch.randn(1, 5, 9, 8)).shape == (1, 5, 9, 8)
+
+
+def pad_first_swin_stage(stage: PaddedSwinStage, x: torch.Tensor) -> torch.Tensor:
+    """The original Swin's order on a map of any size, built from timm blocks at the padded size.
+
+    Per block: LayerNorm, zero-pad bottom/right to a window multiple, then (timm's block
+    sized for the padded map, so its cyclic shift and its precomputed shifted-window mask
+    are those of the padded map, and it pads nothing further) window attention, crop,
+    residual; the MLP runs on the real positions. Blocks alternate unshifted / shifted by
+    half a window.
+    """
+    x = stage.stage.downsample(x)
+    _, h, w, c = x.shape
+    win = stage.window
+    hp, wp = -(-h // win) * win, -(-w // win) * win
+    for i, block in enumerate(stage.stage.blocks):
+        ref = SwinTransformerBlock(
+            c, (hp, wp), num_heads=block.attn.num_heads, window_size=win, shift_size=0 if i % 2 == 0 else win // 2,
+            always_partition=True,
+        )
+        ref.load_state_dict(block.state_dict())
+        assert (ref.attn_mask is None) == (i % 2 == 0)  # the shifted block masks the padded map's wrapped regions
+        attn_in = torch.zeros(x.shape[0], hp, wp, c)
+        attn_in[:, :h, :w] = ref.norm1(x)
+        x = x + ref._attn(attn_in)[:, :h, :w]
+        x = x + ref.mlp(ref.norm2(x))
+    return x
+
+
+@pytest.mark.parametrize("size,downsample", [((5, 9), False), ((8, 10), False), ((10, 17), False), ((16, 20), True)])
+def test_padded_swin_stage_pads_before_the_shift(size, downsample):
+    """Maps that are not window multiples (8x10: the 1/16 map of a 120x160 image) match the pad-first Swin."""
+    torch.manual_seed(0)
+    stage = PaddedSwinStage(8, 16 if downsample else 8, depth=2, heads=2, window=7, downsample=downsample).eval()
+    x = torch.randn(2, *size, 8)
+    out = stage(x)
+    expected = pad_first_swin_stage(stage, x)
+    assert out.shape == expected.shape
+    assert out.shape[1] % 7 and out.shape[2] % 7  # the case that needs padding
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_cbam_is_channel_then_spatial_gate():

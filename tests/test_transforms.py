@@ -72,18 +72,46 @@ def test_padding_fills_labels_with_ignore_and_depth_with_zero():
     assert set(out["sal"].unique().tolist()) <= {0, 1, 255}
 
 
-def test_rotation_rotates_normals_in_plane():
-    torch.manual_seed(1)
+def draws_always(monkeypatch, value: float) -> None:
+    """Every scalar draw of the augmentation returns ``value`` (so the rotation angle is known)."""
+    real_rand = torch.rand
+
+    def rand(*size, **kwargs):
+        if size in ((), ((),)):
+            return torch.tensor(value)
+        return real_rand(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", rand)
+
+
+# Normals live in the camera frame, x right, y down (the pixel grid's column and row
+# directions), so a normal is an arrow drawn on the image and must turn with the image
+# content. A constant normal field n = (0.48, 0.6, -0.64) (unit length), rotated by
+# exactly +-90 or 180 degrees (angle = (2 * draw - 1) * rotation), with the expected
+# vectors written from the geometry:
+# - the rotation that moves what lay right of the centre (+x) to below it (+y, rows grow
+#   downwards) moves what lay below (+y) to the left (-x): (nx, ny) -> (-ny, nx);
+# - the opposite one moves right (+x) to above (-y) and below (+y) to right (+x):
+#   (nx, ny) -> (ny, -nx);
+# - 180 degrees: right -> left, below -> above: (nx, ny) -> (-nx, -ny).
+# A depth marker two pixels right of the centre pixel (4, 4) of the 9x9 image shows
+# which way the content turned; z is never touched.
+@pytest.mark.parametrize("rotation,draw,marker_at,expected", [
+    (180.0, 0.75, (6, 4), (-0.6, 0.48, -0.64)),  # marker right -> below
+    (180.0, 0.25, (2, 4), (0.6, -0.48, -0.64)),  # marker right -> above
+    (360.0, 0.75, (4, 2), (-0.48, -0.6, -0.64)),  # marker right -> left
+])
+def test_rotation_rotates_normals_in_plane(monkeypatch, rotation, draw, marker_at, expected):
     s = make_sample(9, 9)
-    s["normals"] = torch.zeros(3, 9, 9)
-    s["normals"][0] = 1.0  # all normals point along +x
-    out = Augmentation(flip=False, rotation=90.0)(s)
-    centre = out["normals"][:, 4, 4]
-    angle = torch.atan2(centre[1], centre[0])
-    # unit length kept, z untouched, and the in-plane angle equals the drawn rotation (|angle| <= 90 deg)
-    assert centre.norm().item() == pytest.approx(1.0, abs=1e-6)
-    assert abs(angle.item()) <= torch.pi / 2 + 1e-6
-    assert centre[2].item() == 0.0
+    s["normals"] = torch.tensor([0.48, 0.6, -0.64]).view(3, 1, 1).repeat(1, 9, 9)
+    s["depth"] = torch.ones(1, 9, 9)
+    s["depth"][0, 4, 6] = 5.0
+    draws_always(monkeypatch, draw)
+    out = Augmentation(flip=False, rotation=rotation)(s)
+    moved = (out["depth"][0] == 5.0).nonzero().tolist()
+    assert moved == [list(marker_at)]
+    # a quarter or half turn of the square image maps pixels onto pixels: every normal is valid
+    assert torch.allclose(out["normals"], torch.tensor(expected).view(3, 1, 1).expand(3, 9, 9), atol=1e-6)
 
 
 def test_photometric_jitter_touches_only_the_image():

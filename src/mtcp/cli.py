@@ -3,8 +3,12 @@
 A LightningCLI over `MultiTaskModule` and `MultiTaskDataModule`. The data module
 tells the model its tasks' output widths (argument link), the balancer is a required
 top-level argument (``balancer:``, so a ``trainer.callbacks`` list in a stacked
-config cannot drop it); checkpointing (``checkpoint:``) and prediction pictures
-(``pictures:``) are top-level too.
+config cannot drop it); checkpointing (``checkpoint:``, the best epochs on ``val/loss``;
+``last_checkpoint:``, ``last.ckpt`` = the newest state, in the same folder) and prediction
+pictures (``pictures:``) are top-level too. ``--trainer.enable_checkpointing=false`` drops
+both checkpoint callbacks, ``--trainer.logger=false`` the learning-rate monitor. A command
+with ``--ckpt_path`` builds the model without fetching initial weights (no hub, no
+``checkpoint_path`` file): the checkpoint holds them all.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from mtcp.balancers import Balancer
+from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.save_config import SaveConfigToLoggers
 from mtcp.data.datamodule import MultiTaskDataModule
+from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
 
 
@@ -36,27 +43,50 @@ class MTCPCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,
             "checkpoint.filename": "best-{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.add_lightning_class_args(PredictionGrid, "pictures")
         parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
 
+    def instantiate_classes(self) -> None:
+        """With ``--ckpt_path`` every weight comes from the checkpoint: build without fetching any."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        with weights_from_checkpoint() if config.get("ckpt_path") else nullcontext():
+            super().instantiate_classes()
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Use a rich progress bar unless the bar is disabled or another one is configured."""
+        """A rich progress bar unless the bar is off or another is configured; a learning-rate
+        monitor unless there is no logger."""
         trainer = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer.get("callbacks") or [])
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar(leave=True))
+        if trainer.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor("step"))
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """``trainer.enable_checkpointing=false`` turns off the top-level checkpoint callbacks too."""
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_instantiate_classes(self) -> None:
-        """``--data.root`` is short for the source's ``root`` (NYUD-v2, PASCAL-Context): copy it there.
+        """Check the checkpoint settings; ``--data.root`` is short for the source's ``root``
+        (NYUD-v2, PASCAL-Context): copy it there.
 
         A source without a ``root`` is left alone; the data module then rejects ``data.root``.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint.save_last"):
+            raise ValueError(
+                "checkpoint.save_last: last.ckpt is written by last_checkpoint (the newest state after every "
+                "epoch, in checkpoint.dirpath); leave checkpoint.save_last false"
+            )
         root = config.get("data.root")
         init_args = (config.get("data.source") or {}).get("init_args")
         if root is not None and init_args is not None and "root" in init_args:
@@ -102,7 +132,6 @@ def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI | None:
         auto_configure_optimizers=False,
         save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateMonitor("step")]},
     )
 
 
@@ -115,7 +144,7 @@ def main() -> None:
     """
     try:
         cli_main()
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
         if os.environ.get("MTCP_TRACEBACK") == "1":
             raise
         print(f"mtcp: error: {err}\n(set MTCP_TRACEBACK=1 for the full traceback)", file=sys.stderr)

@@ -1,9 +1,10 @@
 """The LightningModule: network + per-task losses, balanced total, metrics.
 
 Thin by design: the network lives in `mtcp.models`, the task knowledge in
-`mtcp.tasks`, the weighting rule in a balancer callback (`mtcp.balancers`). The
-module owns what must be in the checkpoint and on the device: the network, the
-``task_weights`` buffer that the balancer writes, and the metric states.
+`mtcp.tasks`, the training objective in the run's balancer callback
+(`mtcp.balancers`), which the module calls with its unweighted task losses. The
+module owns what must be in the checkpoint and on the device: the network and the
+metric states.
 """
 
 from __future__ import annotations
@@ -17,21 +18,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
+from mtcp.balancers.base import Balancer
 from mtcp.data.collate import align_outputs
 from mtcp.losses import LOSSES
 from mtcp.metrics.coherence import DepthNormalsCoherence, SemsegDepthCoherence
 from mtcp.metrics.delta_m import delta_m, load_single_task_metrics
+from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.optim import PolyLR, SchedulerFactory
 from mtcp.tasks import Task, check_task_names, get_task
 
 NetworkFactory = Callable[[dict[str, int]], nn.Module]
 OptimizerFactory = Callable[[Iterable], Optimizer]
-
-PROJECTIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "identity": lambda losses: losses,
-    "log": lambda losses: torch.log1p(losses + 1e-6),  # LPS: log(1 + L + 1e-6)
-}
-
 
 def default_network(task_channels: dict[str, int]) -> nn.Module:
     from mtcp.models import PlainMTL
@@ -99,11 +96,6 @@ class MultiTaskModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.deep_supervision_weight = deep_supervision_weight
-        self.register_buffer("task_weights", torch.ones(len(self.tasks)))
-        self.loss_projection = "identity"
-        #: set by a balancer whose objective is not ``sum_t w_t proj(L_t)`` (GLS, FAMO, uncertainty
-        #: weighting): ``(module, projected losses [T]) -> total``
-        self.loss_combiner: Callable[[MultiTaskModule, Tensor], Tensor] | None = None
         #: learnable parameters of a balancer (uncertainty weighting's log-variances), filled by the
         #: balancer's ``setup`` (before ``configure_optimizers`` and the DDP wrapping), so that the
         #: optimizer updates them, DDP synchronises them and the checkpoint holds them
@@ -149,21 +141,23 @@ class MultiTaskModule(L.LightningModule):
             losses.append(loss)
         return torch.stack(losses)
 
+    @property
+    def balancer(self) -> Balancer:
+        """The run's balancer: the one `mtcp.balancers.Balancer` among the trainer's callbacks."""
+        found = [c for c in self.trainer.callbacks if isinstance(c, Balancer)]
+        if len(found) != 1:
+            raise ValueError(
+                f"MultiTaskModule needs exactly one balancer callback (mtcp.balancers.*, e.g. EqualWeights()) "
+                f"among the trainer's callbacks; found {[type(c).__name__ for c in found]}"
+            )
+        return found[0]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Losses, then the balancer's objective; no host read (the balancer checks finiteness once
+        per optimizer step, before the update, see `mtcp.balancers.base`)."""
         outputs = self(batch["image"])
         losses = self.task_losses(outputs, batch)
-        if not bool(torch.isfinite(losses).all()):
-            finite = torch.isfinite(losses).tolist()
-            bad = [t for t, ok in zip(self.task_names, finite, strict=True) if not ok]
-            raise FloatingPointError(
-                f"non-finite training loss for task(s) {bad} at step {self.global_step} (batch ids "
-                f"{batch['meta']['id']}); check these samples' labels and the learning rate"
-            )
-        projected = PROJECTIONS[self.loss_projection](losses)
-        if self.loss_combiner is not None:
-            total = self.loss_combiner(self, projected)
-        else:
-            total = (self.task_weights.detach() * projected).sum()
+        total = self.balancer.objective(losses)
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in zip(self.task_names, losses, strict=True):
@@ -238,6 +232,13 @@ class MultiTaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ---------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MultiTaskModule:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, without fetching any initial weight: the checkpoint
+        holds them all, so a ``pretrained: true`` backbone works offline (`weights_from_checkpoint`)."""
+        with weights_from_checkpoint():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a balancer's parameters (uncertainty weighting) exist only once its setup ran: create
         # them from the checkpoint so that strict loading works without that balancer too

@@ -20,9 +20,8 @@ class BalancerProbe(L.Callback):
         self.ids: list[list[str]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # the buffer still holds the weights this step's forward used (balancers change it only
-        # in on_train_batch_start), whatever the order of the callbacks
-        self.weights.append(pl_module.task_weights.detach().cpu().double().clone())
+        # the weights this step's objective used, whatever the order of the callbacks
+        self.weights.append(pl_module.balancer.used_weights.detach().cpu().double().clone())
         self.losses.append(outputs["task_losses"].detach().cpu().double().clone())
         self.steps.append(int(trainer.global_step))  # optimizer steps done, this one included
         self.ids.append(list(batch["meta"]["id"]))
@@ -30,8 +29,7 @@ class BalancerProbe(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         from mtcp.balancers import Balancer
 
-        # the balancer's own state on this rank (history, logits, ...): DDP's buffer broadcast
-        # makes the module's task_weights agree anyway; this shows the ranks computed the same
+        # the balancer's own state on this rank (history, logits, ...): the ranks computed the same
         balancers = [c for c in trainer.callbacks if isinstance(c, Balancer)]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(

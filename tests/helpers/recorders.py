@@ -19,9 +19,9 @@ class RankStateRecorder(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # runs after the balancer (callbacks given on the command line come after `balancer:`)
-        self.weights.append(pl_module.task_weights.detach().cpu().clone())
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the weights this rank's objective used at this step
+        self.weights.append(pl_module.balancer.used_weights.detach().cpu().clone())
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,3 +33,36 @@ class RankStateRecorder(L.Callback):
              "pid": os.getpid()},
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )
+
+
+class SpoilValidationOfEpoch(L.Callback):
+    """Add large noise to every parameter before epoch ``epoch``'s validation: that epoch's
+    ``val/loss`` is then the worst, so the best checkpoint is an earlier epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator).to(p) * 3.0)
+
+
+class InfiniteDepthLabel(L.Callback):
+    """On rank ``rank`` at training step ``step``, set one valid depth label pixel to +inf (so the
+    depth loss becomes inf on that rank only); every rank writes its pid to ``<out_dir>/rank<r>.pid``."""
+
+    def __init__(self, rank: int, step: int, out_dir: str) -> None:
+        self.rank, self.step, self.out_dir = rank, step, Path(out_dir)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.pid").write_text(str(os.getpid()))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            depth = batch["depth"]
+            index = (depth > 0).nonzero()[0]
+            depth[tuple(index)] = float("inf")

@@ -1,54 +1,57 @@
-"""The balancer interface: a Lightning `Callback` that owns the task weights.
+"""The balancer interface: a Lightning `Callback` that owns the training objective.
 
-The LightningModule computes ``total = sum_t w_t * proj(L_t)`` from its
-``task_weights`` buffer and its loss projection; a balancer decides both. It sets the
-projection at setup, writes the weights into the module before every training
-forward (``on_train_batch_start``) and observes the per-task losses the step returns
-(``on_train_batch_end``). A balancer whose objective is not a weighted sum (GLS,
-uncertainty weighting, FAMO) also installs a *loss combiner* on the module
-(``pl_module.loss_combiner``), which the module then calls instead of the weighted sum.
+The LightningModule hands its unweighted per-task losses to the run's balancer and
+minimises what comes back: ``total = balancer.objective(losses)``. The balancer owns
+everything about that objective: the projection (``proj``, identity or LPS's log), the
+task weights, and any other form (GLS, uncertainty weighting, FAMO override `combine`).
+The module keeps no balancer state and no balancer writes into the module.
 
-Distributed training: every statistic a balancer learns from is the *pooled* loss
-vector, ``trainer.strategy.reduce(L, reduce_op="mean")`` over the DDP ranks, computed
-in ``on_train_batch_end`` (a hook every rank runs), so every rank computes identical
-weights from identical inputs. Checkpointing: all state (weights, histories, generator
-and optimizer states) goes through ``state_dict``/``load_state_dict``, so a run resumed
-from ``last.ckpt`` continues with exactly the weights it would have had.
+One step, as the hooks see it:
 
-Non-finite losses: the module raises ``FloatingPointError`` on a non-finite training
-loss before any balancer sees it. Should a balancer still be handed a pooled loss
-vector with a NaN or inf (another module, a custom step), it **skips that step's
-statistics with a warning** and keeps its weights; weights a rule produces are checked
-too, and non-finite ones are never installed.
+* ``on_train_batch_start``: `prepare_step` may set this step's weights (RLW, uncertainty);
+  the batch's sample ids are kept for error messages;
+* ``objective(losses)`` (called by the module's ``training_step``): the total for the
+  graph, and the step's statistics: the rank-averaged losses
+  (``trainer.strategy.reduce(L, "mean")``, a device collective, no host read);
+* ``on_before_optimizer_step`` (after backward, before the parameters change): the
+  statistics of the micro-batches since the last optimizer step are read to the host,
+  **once per optimizer step** (the step's only device-to-host read), and checked: a
+  non-finite pooled loss stops training on every rank at this same step, with one message
+  naming the tasks, ranks and sample ids, before any parameter update (so no NaN reaches a
+  weight, and no rank waits in a collective for one that stopped);
+* ``on_train_batch_end``: the rule learns from the checked pooled losses (`update`).
+
+Distributed training: every statistic is the pooled loss vector, identical on every rank,
+so every rank computes identical weights. Checkpointing: all state (weights, histories,
+generator and optimizer states) goes through ``state_dict``/``load_state_dict``, so a run
+resumed from ``last.ckpt`` continues with exactly the weights it would have had.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from mtcp.module import PROJECTIONS
-
-#: ``(module, projected_losses [T]) -> total``: an objective other than the weighted sum
-LossCombiner = Callable[[L.LightningModule, Tensor], Tensor]
+#: the loss projections a balancer can ask for
+PROJECTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda losses: losses,
+    "log": lambda losses: torch.log1p(losses + 1e-6),  # LPS: log(1 + L + 1e-6)
+}
 
 
 def pool_losses(trainer: Any, losses: Tensor) -> Tensor:
-    """Rank-averaged losses, float64 on the CPU (identity without a distributed strategy).
+    """Rank-averaged detached losses, on their device (identity without a distributed strategy).
 
-    Reduces a copy: ``strategy.reduce`` works in place and ``losses`` may be shared with
-    other callbacks (``outputs["task_losses"]``).
+    Reduces a copy: ``strategy.reduce`` works in place.
     """
-    strategy = getattr(trainer, "strategy", None)
     tensor = losses.detach().float().clone()
-    if strategy is not None:
-        tensor = strategy.reduce(tensor, reduce_op="mean")
-    return tensor.double().cpu()
+    strategy = getattr(trainer, "strategy", None)
+    return tensor if strategy is None else strategy.reduce(tensor, reduce_op="mean")
 
 
 def renormalise(weights: Tensor, total: float, floor: float) -> Tensor:
@@ -57,64 +60,114 @@ def renormalise(weights: Tensor, total: float, floor: float) -> Tensor:
     return w * (total / w.sum())
 
 
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` of every rank (just ``[obj]`` without an initialised process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 class Balancer(L.Callback):
-    """Base class; subclasses override `projection` and `update` (and optionally the rest).
+    """Base class; subclasses override `projection` and the rule's hooks.
 
     Hooks a subclass may override:
 
     * ``prepare_step(trainer, pl_module)``: called before every training forward, e.g. to
       draw or read this step's weights (RLW, uncertainty weighting);
     * ``update(pooled_losses, trainer)``: new weights after a step, from the pooled
-      (rank-averaged) unweighted losses, or None to keep them;
-    * ``end_epoch(trainer)``: new weights at the end of a training epoch, or None;
-    * ``combine(pl_module, projected)``: the training objective, for balancers whose
-      objective is not ``sum_t w_t proj(L_t)`` (set ``uses_combiner = True``).
+      (rank-averaged) unweighted losses (float64, host), or None to keep them;
+    * ``start_epoch(trainer)`` / ``end_epoch(trainer)``: new weights at an epoch boundary;
+    * ``combine(projected)``: the training objective from the projected losses, for
+      balancers whose objective is not ``sum_t w_t proj(L_t)``.
     """
 
-    #: "identity" or "log" (``log(1 + L + 1e-6)``), applied by the module to each task loss
+    #: "identity" or "log" (``log(1 + L + 1e-6)``), applied to each task loss by `objective`
     projection: str = "identity"
-    #: True where `combine` replaces the module's weighted sum
-    uses_combiner: bool = False
 
     def __init__(self) -> None:
         self.weights: Tensor | None = None
+        #: the weights the last `objective` call used (what the step's forward was weighted with)
+        self.used_weights: Tensor | None = None
         self.task_names: list[str] = []
+        self._trainer: Any = None
+        self._device_weights: tuple[Tensor | None, Tensor | None] = (None, None)  # (weights, their device copy)
+        self._open: list[Tensor] = []  # [2, T] (local, pooled) per micro-batch since the last check, on device
+        self._open_ids: list[list[Any]] = []
+        self._checked: list[Tensor] = []  # pooled losses read and checked, not yet learnt from (host)
+        self._batch_ids: list[Any] = []
 
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
 
+    def project(self, losses: Tensor) -> Tensor:
+        """The projection this balancer optimises (``proj``)."""
+        return PROJECTIONS[self.projection](losses)
+
+    # -- the module's entry point ----------------------------------------------------------
+    def objective(self, losses: Tensor) -> Tensor:
+        """The training total from this step's unweighted task losses [T] (on the graph).
+
+        Also records the step's statistics: this rank's losses and their rank average, kept
+        on the device until `on_before_optimizer_step` reads them.
+        """
+        if self.weights is None:
+            raise RuntimeError(f"{type(self).__name__}.objective called before the balancer's setup; "
+                               "pass the balancer to the Trainer's callbacks")
+        local = losses.detach().float()
+        self._open.append(torch.stack([local, pool_losses(self._trainer, local)]))
+        self._open_ids.append(self._batch_ids)
+        self.used_weights = self.weights
+        return self.combine(self.project(losses))
+
+    def combine(self, projected: Tensor) -> Tensor:
+        """The training objective from the projected losses [T]: ``sum_t w_t proj(L_t)`` by default."""
+        return (self.weights_on(projected) * projected).sum()
+
+    def weights_on(self, like: Tensor) -> Tensor:
+        """The current weights on ``like``'s device and dtype (copied there once per change)."""
+        assert self.weights is not None
+        source, cached = self._device_weights
+        if source is not self.weights or cached is None or cached.device != like.device or cached.dtype != like.dtype:
+            cached = self.weights.to(like)
+            self._device_weights = (self.weights, cached)
+        return cached
+
     # -- hooks ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         self.task_names = list(pl_module.task_names)
         if self.weights is None or len(self.weights) != len(self.task_names):
             self.weights = self.initial_weights(len(self.task_names))
-        pl_module.loss_projection = self.projection
-        pl_module.loss_combiner = self.combine if self.uses_combiner else None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self.prepare_step(trainer, pl_module)
+        meta = batch.get("meta", {}) if isinstance(batch, dict) else {}
+        self._batch_ids = list(meta.get("id", []))
         assert self.weights is not None
-        pl_module.task_weights.copy_(self.weights.to(pl_module.task_weights))
         for name, w in zip(self.task_names, self.weights.tolist(), strict=True):
             pl_module.log(f"train/weight_{name}", w, on_step=True, on_epoch=False, prog_bar=True)
 
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        """Read and check the statistics of this optimizer step's micro-batches (one host read)."""
+        if not self._open:
+            return
+        stats = torch.stack(self._open).double().cpu()  # [k, 2, T]: the step's one device-to-host read
+        ids, self._open, self._open_ids = self._open_ids, [], []
+        if not bool(torch.isfinite(stats[:, 1]).all()):  # pooled: the same verdict on every rank
+            self._stop_on_non_finite(trainer, stats, ids)
+        self._checked.extend(stats[:, 1])
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        pooled = pool_losses(trainer, outputs["task_losses"])
-        if not bool(torch.isfinite(pooled).all()):
-            warnings.warn(
-                f"{type(self).__name__}: non-finite pooled task losses {pooled.tolist()} for tasks "
-                f"{self.task_names} at step {getattr(trainer, 'global_step', '?')}; this step's statistics "
-                "are skipped and the weights kept",
-                RuntimeWarning, stacklevel=2,
-            )
-            return
-        projected = PROJECTIONS[self.projection](pooled)
-        for name, value in zip(self.task_names, projected.tolist(), strict=True):
-            pl_module.log(f"train/proj_loss_{name}", value, on_step=True, on_epoch=False)
-        self._install(self.update(pooled, trainer))
+        for pooled in self._checked:
+            for name, value in zip(self.task_names, self.project(pooled).tolist(), strict=True):
+                pl_module.log(f"train/proj_loss_{name}", value, on_step=True, on_epoch=False)
+            self._install(self.update(pooled, trainer))
+        self._checked = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(self.start_epoch(trainer))
@@ -122,14 +175,30 @@ class Balancer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(self.end_epoch(trainer))
 
+    def _stop_on_non_finite(self, trainer: Any, stats: Tensor, ids: list[list[Any]]) -> None:
+        """Raise the same `FloatingPointError` on every rank, naming what each rank saw."""
+        rank = int(getattr(trainer, "global_rank", 0))
+        local = [
+            (rank, [t for t, ok in zip(self.task_names, torch.isfinite(row[0]).tolist(), strict=True) if not ok],
+             batch_ids)
+            for row, batch_ids in zip(stats, ids, strict=True)
+        ]
+        seen = [entry for per_rank in _gather([e for e in local if e[1]]) for entry in per_rank]
+        bad_tasks = sorted({t for _, tasks, _ in seen for t in tasks}, key=self.task_names.index)
+        where = "; ".join(f"rank {r}: task(s) {tasks}, batch ids {batch_ids}" for r, tasks, batch_ids in seen)
+        raise FloatingPointError(
+            f"non-finite training loss for task(s) {bad_tasks} at step {getattr(trainer, 'global_step', '?')} "
+            f"({where}); check these samples' labels and the learning rate. Training stopped on every rank "
+            "before the parameters were updated."
+        )
+
     def _install(self, new: Tensor | None) -> None:
         if new is None:
             return
         new = new.detach().double().cpu()
         if not bool(torch.isfinite(new).all()):
-            warnings.warn(f"{type(self).__name__}: rule produced non-finite weights {new.tolist()}; "
-                          "keeping the previous weights", RuntimeWarning, stacklevel=3)
-            return
+            raise FloatingPointError(f"{type(self).__name__}: the rule produced non-finite weights {new.tolist()} "
+                                     f"for tasks {self.task_names}")
         self.weights = new.float()
 
     # -- rule --------------------------------------------------------------------------
@@ -150,10 +219,6 @@ class Balancer(L.Callback):
     def end_epoch(self, trainer: L.Trainer) -> Tensor | None:
         """New weights at the end of a training epoch; None keeps them."""
         return None
-
-    def combine(self, pl_module: L.LightningModule, projected: Tensor) -> Tensor:
-        """The training objective from the projected losses [T] (only if ``uses_combiner``)."""
-        raise NotImplementedError
 
     # -- checkpoint --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

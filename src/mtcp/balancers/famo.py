@@ -16,7 +16,7 @@ class FAMO(Balancer):
     """FAMO (Liu et al., NeurIPS 2023), the loss-only form: balance the tasks' log-loss decrease.
 
     * weights: ``z = softmax(xi)`` over learnable logits ``xi`` (zeros at start); the module's
-      ``task_weights`` show ``T * z``;
+      weights show ``T * z``;
     * objective: ``T * sum_t z_t log L_t / c`` with ``c = sum_t z_t / L_t`` (detached), whose
       gradient is ``T * sum_t (z_t / L_t) / c * dL_t``: a convex combination of the task
       gradients, scaled by T so that the effective weights sum to T as for the other balancers;
@@ -36,8 +36,6 @@ class FAMO(Balancer):
         lr: learning rate of the logits' Adam.
         weight_decay: Adam's (L2) weight decay on the logits (the paper's gamma).
     """
-
-    uses_combiner = True
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
         super().__init__()
@@ -65,14 +63,15 @@ class FAMO(Balancer):
         assert self.logits is not None
         return len(self.logits) * torch.softmax(self.logits.detach(), dim=0)
 
-    def combine(self, pl_module: L.LightningModule, projected: Tensor) -> Tensor:
+    def combine(self, projected: Tensor) -> Tensor:
+        # a zero loss (no labelled pixel) drops out without a host-side branch: its log is taken of 1
+        # and its weight is 0; with no positive loss at all the total is the (zero) sum of the losses
         positive = projected > 0
-        if not bool(positive.any()):
-            return projected.sum()
-        weights = pl_module.task_weights.detach()[positive]
-        losses = projected[positive]
-        c = (weights / losses).sum().detach()
-        return len(projected) * (weights * torch.log(losses)).sum() / c
+        weights = torch.where(positive, self.weights_on(projected), 0.0)
+        safe = torch.where(positive, projected, 1.0)
+        c = (weights / safe).sum().detach()
+        total = len(projected) * (weights * torch.log(safe)).sum() / c.clamp_min(1e-30)
+        return torch.where(positive.any(), total, projected.sum())
 
     def update(self, task_losses: Tensor, trainer: L.Trainer) -> Tensor | None:
         if self.logits is None:

@@ -19,18 +19,17 @@ class GLS(Balancer):
     for it: no gradient either) is left out of that step's mean, otherwise the product and
     every task's gradient would vanish; if all are 0 the total is their (zero) sum.
 
-    The logged weights (``task_weights``) are informative only: the relative gradient weights
+    The logged weights are informative only: the relative gradient weights
     ``T * (1/L_t) / sum_i (1/L_i)`` of the *previous* step (0 for a zero-loss task; 1 at the
     first step).
     """
 
-    uses_combiner = True
-
-    def combine(self, pl_module: L.LightningModule, projected: Tensor) -> Tensor:
+    def combine(self, projected: Tensor) -> Tensor:
+        # zero losses drop out of the mean without a host-side branch (their log is taken of 1)
         positive = projected > 0
-        if not bool(positive.any()):
-            return projected.sum()
-        return torch.exp(torch.log(projected[positive]).mean())
+        logs = torch.where(positive, torch.log(torch.where(positive, projected, 1.0)), 0.0)
+        total = torch.exp(logs.sum() / positive.sum().clamp_min(1))
+        return torch.where(positive.any(), total, projected.sum())
 
     def update(self, task_losses: Tensor, trainer: L.Trainer) -> Tensor | None:
         positive = task_losses > 0

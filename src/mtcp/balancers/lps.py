@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtcp.balancers.base import renormalise
 from mtcp.balancers.history import Window, WindowedBalancer
-from mtcp.module import PROJECTIONS
 
 #: guards the ratios' denominators (projected losses are >= log(1 + 1e-6) ~ 1e-6 anyway)
 EPS = 1e-12
@@ -47,10 +46,10 @@ class LossPrioritization(WindowedBalancer):
       that ``sum_t w_t = T``.
 
     The authors' released code computes these weights but never applies them to the loss;
-    this implementation applies them (the module's ``task_weights``), from the step after
+    this implementation applies them (in `objective`), from the step after
     the window closes. Weights are detached and identical on every rank; the history is
-    part of the checkpoint. A step whose pooled losses are non-finite is left out of the
-    history (with a warning, see `mtcp.balancers.base`); zero losses are valid values
+    part of the checkpoint. A step whose pooled losses are non-finite stops training before
+    the rule sees it (see `mtcp.balancers.base`); zero losses are valid values
     (``proj(0) ~ 1e-6``) and give large but finite ratios, bounded by the renormalisation.
 
     Args:
@@ -89,4 +88,4 @@ class LossPrioritization(WindowedBalancer):
         return renormalise(w, num, self.min_weight)
 
     def window_values(self, pooled_losses: Tensor) -> Tensor:
-        return PROJECTIONS[self.projection](pooled_losses.double())
+        return self.project(pooled_losses.double())

@@ -39,8 +39,6 @@ class UncertaintyWeighting(Balancer):
         init_log_var: initial ``s_t``.
     """
 
-    uses_combiner = True
-
     def __init__(self, kendall_factors: bool = False, init_log_var: float = 0.0) -> None:
         super().__init__()
         self.kendall_factors = bool(kendall_factors)
@@ -63,6 +61,7 @@ class UncertaintyWeighting(Balancer):
         params = pl_module.balancer_params
         if stage == "fit" and PARAM_NAME not in params:
             params[PARAM_NAME] = nn.Parameter(torch.full((self.num_tasks,), self.init_log_var))
+        self._log_vars = params[PARAM_NAME] if PARAM_NAME in params else None
 
     def log_vars(self, pl_module: L.LightningModule) -> Tensor:
         return pl_module.balancer_params[PARAM_NAME]
@@ -71,7 +70,7 @@ class UncertaintyWeighting(Balancer):
         s = self.log_vars(pl_module).detach().cpu().float()
         self.weights = self.loss_factor * torch.exp(-s)
 
-    def combine(self, pl_module: L.LightningModule, projected: Tensor) -> Tensor:
-        s = self.log_vars(pl_module)
+    def combine(self, projected: Tensor) -> Tensor:
+        s = self._log_vars
         a, b = self.loss_factor.to(s), self.reg_factor.to(s)
         return (a * torch.exp(-s) * projected + b * s).sum()

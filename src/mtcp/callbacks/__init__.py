@@ -1,6 +1,7 @@
-"""Callbacks for pictures, logging and writing predictions."""
+"""Callbacks for checkpoints, pictures, logging and writing predictions."""
 
+from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.prediction_writer import PredictionWriter
 
-__all__ = ["PredictionGrid", "PredictionWriter"]
+__all__ = ["LastCheckpoint", "PredictionGrid", "PredictionWriter"]

@@ -4,11 +4,16 @@ Hierarchical models (ResNet, ConvNeXt, Swin, ...) give the pyramid through timm'
 ``features_only``; plain ViTs, whose features all have stride 16, get a simple pyramid
 (ViTDet style): deconvolutions to strides 4 and 8, identity at 16, a strided
 convolution to 32. Weights come from a local file (``checkpoint_path``, offline) or,
-for users with internet, from timm's hub (``pretrained: true``).
+for users with internet, from timm's hub (``pretrained: true``). Inside
+`weights_from_checkpoint` neither is read: a checkpoint is about to overwrite every
+weight, so rebuilding a trained model never needs the hub or the original file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,23 @@ import torch
 from torch import Tensor, nn
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
+
+_WEIGHTS_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("mtcp_weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Build backbones without their initial weights (no hub download, no ``checkpoint_path`` read).
+
+    For rebuilding a model whose every weight a checkpoint then loads: ``mtcp test/predict
+    --ckpt_path``, resuming, ``MultiTaskModule.load_from_checkpoint``. Works offline, and on a
+    machine that lacks the file the training run started from.
+    """
+    token = _WEIGHTS_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
 class SimplePyramid(nn.Module):
@@ -62,6 +84,8 @@ class TimmBackbone(nn.Module):
         kwargs: dict[str, Any] = dict(model_kwargs or {})
         if img_size is not None:
             kwargs["img_size"] = tuple(img_size)
+        if _WEIGHTS_FROM_CHECKPOINT.get():
+            pretrained, checkpoint_path = False, None
         if checkpoint_path is not None:
             path = Path(checkpoint_path).expanduser()
             if not path.is_file():
