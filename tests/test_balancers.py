@@ -42,7 +42,6 @@ class FakeModule(nn.Module):
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
         self.task_names = list(tasks)
-        self.balancer_params = nn.ParameterDict()
         self.logged: dict[str, float] = {}
 
     def log(self, name: str, value: float, **kwargs) -> None:
@@ -264,8 +263,19 @@ def _saved(state: dict, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make", [lambda: LossPrioritization(spread=7.5, window=3), LossPrioritization,
-                                  lambda: DWA(window=2), DWA, FAMO, lambda: RLW(seed=5), GLS, EqualWeights])
+def _every_balancer() -> list:
+    """Every balancer class the package exports, with its defaults; plus the windowed variants."""
+    import mtcp.balancers as package
+
+    classes = [getattr(package, n) for n in package.__all__ if getattr(package, n) is not Balancer]
+    return [*classes, lambda: LossPrioritization(spread=7.5, window=3), lambda: DWA(window=2),
+            lambda: RLW(seed=5), lambda: FixedWeights({"depth": 2.0})]
+
+
+STATIC = (EqualWeights, FixedWeights)
+
+
+@pytest.mark.parametrize("make", _every_balancer())
 def test_state_round_trip_through_a_checkpoint_file_continues_identically(make, tmp_path):
     """Epochs 0-2 straight vs epoch 0 + state saved and loaded into a fresh balancer + epochs 1-2."""
     gen = torch.Generator().manual_seed(1)
@@ -278,7 +288,7 @@ def test_state_round_trip_through_a_checkpoint_file_continues_identically(make, 
     resumed.load_state_dict(torch.load(_saved(first.state_dict(), tmp_path / "state.pt"), weights_only=True))
     used, _, _ = run_epochs(resumed, epochs[1:], trainer=trainer, first_epoch=1)
     assert used == straight[4:]
-    assert len({tuple(r) for r in straight}) > 1 or isinstance(resumed, EqualWeights)
+    assert len({tuple(r) for r in straight}) > 1 or isinstance(resumed, STATIC)
 
 
 def test_balancer_state_refuses_other_tasks():
@@ -436,40 +446,47 @@ def test_famo_state_round_trip_continues_identically(tmp_path):
     #   3 + 0 + 0.5 * 0.5 * 4 + 0.5 log 2 = 4 + 0.5 log 2 ; d/ds = [-3 + 0.5, -0.5*0.5*4 + 0.5]
     (True, 4 + 0.5 * math.log(2), [-2.5, -0.5], [1.0, 0.25]),
 ])
-def test_uncertainty_objective_by_hand(kendall, total, grad, weights):
-    uw = UncertaintyWeighting(kendall_factors=kendall)
+def test_uncertainty_objective_and_log_variance_step_by_hand(kendall, total, grad, weights):
+    lr = 0.01
+    uw = UncertaintyWeighting(kendall_factors=kendall, lr=lr)
     module = FakeModule(["semseg", "depth"])
     trainer = fake_trainer()
     uw.setup(trainer, module, "fit")
-    s = module.balancer_params["uncertainty_log_vars"]
-    assert isinstance(s, nn.Parameter) and s.tolist() == [0.0, 0.0]
-    with torch.no_grad():
-        s.copy_(torch.tensor([0.0, math.log(2)]))
-    value = uw.objective(torch.tensor([3.0, 4.0]))
-    assert value.item() == pytest.approx(total, rel=1e-6)
-    value.backward()
-    assert s.grad.tolist() == pytest.approx(grad, rel=1e-6)
+    assert uw.log_vars.tolist() == [0.0, 0.0]
+    uw.load_state_dict({**uw.state_dict(), "log_vars": torch.tensor([0.0, math.log(2)], dtype=torch.float64)})
     uw.on_train_batch_start(trainer, module, {}, 0)
-    assert uw.weights.tolist() == pytest.approx(weights, rel=1e-6)
+    assert uw.weights.tolist() == pytest.approx(weights, rel=1e-6)  # a exp(-s)
+    assert uw.objective(torch.tensor([3.0, 4.0])).item() == pytest.approx(total, rel=1e-6)
+    # the log-variances' gradient d total / d s = b - a exp(-s) L is `grad`; Adam's first step
+    # moves each s_t by -lr * g_t / (|g_t| + 1e-8), i.e. +lr for these negative gradients
+    uw.on_before_optimizer_step(trainer, module, None)
+    uw.on_train_batch_end(trainer, module, {}, {}, 0)
+    expected = [s - lr * g / (abs(g) + 1e-8) for s, g in zip([0.0, math.log(2)], grad, strict=True)]
+    assert uw.log_vars.tolist() == pytest.approx(expected, abs=1e-9)
+    factors = [1.0, 1.0] if not kendall else [1.0, 0.5]
+    assert uw.weights.tolist() == pytest.approx([f * math.exp(-x) for f, x in zip(factors, expected, strict=True)],
+                                                rel=1e-6)
 
 
-def test_uncertainty_params_are_trained_checkpointed_and_reloadable(tiny_run, tmp_path):
-    from mtcp.models import PlainMTL, TimmBackbone
+def test_uncertainty_log_variances_are_trained_checkpointed_and_restored(tiny_run, tmp_path):
     from mtcp.module import MultiTaskModule
 
     cli = cli_main(["fit", *tiny_run, "--balancer=mtcp.balancers.UncertaintyWeighting",
                     "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"])
-    module = cli.model
-    s = module.balancer_params["uncertainty_log_vars"]
-    # in the optimizer (in their own group, no weight decay) and trained: no longer all zero
-    groups = cli.trainer.optimizers[0].param_groups
-    assert any(p is s for g in groups for p in g["params"] if g["weight_decay"] == 0.0)
-    assert not torch.equal(s.detach(), torch.zeros(3))
+    balancer = _balancer(cli)
+    s = balancer.log_vars.detach().clone()
+    assert not torch.equal(s, torch.zeros(3, dtype=torch.float64))  # trained
     last = tmp_path / "checkpoints" / "last.ckpt"
-    loaded = MultiTaskModule.load_from_checkpoint(
-        last, net=lambda tc: PlainMTL(tc, backbone=TimmBackbone("test_convnext"), dim=16))
-    assert torch.equal(loaded.balancer_params["uncertainty_log_vars"], s.detach().cpu())
-    # validating that checkpoint with the default balancer works too (strict loading)
+    states = torch.load(last, map_location="cpu", weights_only=False)["callbacks"]
+    saved = [v for k, v in states.items() if k.startswith("UncertaintyWeighting")]
+    assert len(saved) == 1 and torch.equal(saved[0]["log_vars"], s)
+    restored = UncertaintyWeighting()
+    restored.setup(fake_trainer(), FakeModule(TASKS), "fit")
+    restored.load_state_dict(saved[0])
+    assert torch.equal(restored.log_vars.detach(), s) and restored.weights.tolist() == pytest.approx(
+        torch.exp(-s).tolist(), rel=1e-6)
+    # the network's checkpoint holds no balancer state: it reloads and validates with any balancer
+    MultiTaskModule.load_from_checkpoint(last, map_location="cpu")
     cli_main(["validate", *tiny_run, f"--ckpt_path={last}", "--trainer.limit_val_batches=1"])
     assert json.loads((tmp_path / "validate_metrics.json").read_text())["val/loss"] > 0
 

@@ -96,10 +96,6 @@ class MultiTaskModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.deep_supervision_weight = deep_supervision_weight
-        #: learnable parameters of a balancer (uncertainty weighting's log-variances), filled by the
-        #: balancer's ``setup`` (before ``configure_optimizers`` and the DDP wrapping), so that the
-        #: optimizer updates them, DDP synchronises them and the checkpoint holds them
-        self.balancer_params = nn.ParameterDict()
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({t.name: t.make_metric(c) for t, c in zip(self.tasks, task_channels.values(),
                                                                              strict=True)})
@@ -219,12 +215,7 @@ class MultiTaskModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params: Any = self.parameters()
-        if len(self.balancer_params) > 0:  # no weight decay on a balancer's parameters
-            balancer = set(map(id, self.balancer_params.parameters()))
-            params = [{"params": [p for p in self.parameters() if id(p) not in balancer]},
-                      {"params": list(self.balancer_params.parameters()), "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -240,13 +231,6 @@ class MultiTaskModule(L.LightningModule):
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a balancer's parameters (uncertainty weighting) exist only once its setup ran: create
-        # them from the checkpoint so that strict loading works without that balancer too
-        for key, value in checkpoint.get("state_dict", {}).items():
-            if key.startswith("balancer_params."):
-                name = key.split(".", 1)[1]
-                if name not in self.balancer_params:
-                    self.balancer_params[name] = nn.Parameter(torch.zeros_like(value))
         saved = dict(checkpoint.get("hyper_parameters", {}).get("task_channels", {}))
         if saved and saved != self.task_channels:
             raise ValueError(
