@@ -9,6 +9,10 @@ pictures (``pictures:``) are top-level too. ``--trainer.enable_checkpointing=fal
 both checkpoint callbacks, ``--trainer.logger=false`` the learning-rate monitor. A command
 with ``--ckpt_path`` builds the model without fetching initial weights (no hub, no
 ``checkpoint_path`` file): the checkpoint holds them all.
+
+Config files compose: a file may start with ``__base__: [preset.yaml, ...]`` (paths relative
+to the file), the presets it stacks on; ``--config file`` then reads as ``--config preset ...
+--config file``, so ``configs/nyud.yaml`` is three lines over one definition of each concept.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -32,11 +37,95 @@ from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
 
+#: the key of a config file that names the presets it stacks on
+BASE_KEY = "__base__"
+
+
+def config_stack(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
+    """``path`` preceded by the presets its ``__base__`` names (recursively), left to right."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ValueError(f"{BASE_KEY} in {str(path)!r}: the configs include each other ({[str(p) for p in seen]})")
+    try:
+        content = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        content = None  # not ours to report: jsonargparse names the file and the problem
+    bases = content.get(BASE_KEY) if isinstance(content, dict) else None
+    if bases is None:
+        return [path]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"{BASE_KEY} in {str(path)!r} must be a list of config paths relative to it; got {bases!r}")
+    stack: list[Path] = []
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise FileNotFoundError(
+                f"{BASE_KEY} in {str(path)!r} names {base!r}, but {str(base_path)!r} does not exist"
+            )
+        stack += config_stack(base_path, (*seen, path.resolve()))
+    return [*stack, path]
+
+
+def expand_config_bases(args: list[str]) -> list[str]:
+    """Every ``--config FILE`` (or ``--config=FILE``) replaced by the configs of `config_stack`."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            path, i = args[i + 1], i + 2
+        elif arg.startswith("--config="):
+            path, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        out += [f"--config={p}" for p in config_stack(Path(path))]
+    return out
+
+
+class MTCPTrainer(Trainer):
+    """Lightning's Trainer with one more command, ``bench`` (what ``mtcp bench`` runs)."""
+
+    def bench(
+        self,
+        model: MultiTaskModule,
+        datamodule: MultiTaskDataModule | None = None,
+        height: int = 120,
+        width: int = 160,
+        batch_size: int = 8,
+        warmup: int = 1,
+        repeats: int = 3,
+        skip_train: bool = False,
+        threads: int | None = None,
+    ) -> dict[str, Any]:
+        """Throughput, peak memory, parameters and FLOPs of the configured network (`mtcp.bench`).
+
+        Args:
+            model: the module ``fit`` would train (random weights).
+            datamodule: unused beyond building ``model`` (it gives the tasks and class counts).
+            height, width, batch_size: the random input batch.
+            warmup, repeats: untimed and timed steps.
+            skip_train: inference only.
+            threads: torch CPU threads (1 is steadier on a shared machine).
+        """
+        from mtcp.bench import run
+
+        return run(model, self.strategy.root_device, bf16=str(self.precision).startswith("bf16"), height=height,
+                   width=width, batch_size=batch_size, warmup=warmup, repeats=repeats, skip_train=skip_train,
+                   threads=threads)
+
 
 class MTCPCLI(LightningCLI):
-    """LightningCLI with the balancer, checkpointing and task linking wired in."""
+    """LightningCLI with the balancer, checkpointing, task linking and ``bench`` wired in."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "bench": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(f"--{BASE_KEY}", type=list[str] | None, default=None,
+                            help="presets a config file stacks on (expanded before parsing; see mtcp.cli)")
         parser.add_lightning_class_args(Balancer, "balancer", subclass_mode=True, required=True)
         parser.set_defaults({"balancer": {"class_path": "mtcp.balancers.EqualWeights"}})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -55,7 +144,8 @@ class MTCPCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """With ``--ckpt_path`` every weight comes from the checkpoint: build without fetching any."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        with weights_from_checkpoint() if config.get("ckpt_path") else nullcontext():
+        no_weights = config.get("ckpt_path") or self.subcommand == "bench"  # bench times random weights
+        with weights_from_checkpoint() if no_weights else nullcontext():
             super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -82,6 +172,7 @@ class MTCPCLI(LightningCLI):
         A source without a ``root`` is left alone; the data module then rejects ``data.root``.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        config[BASE_KEY] = None  # already expanded: the saved config is the resolved whole
         if config.get("checkpoint.save_last"):
             raise ValueError(
                 "checkpoint.save_last: last.ckpt is written by last_checkpoint (the newest state after every "
@@ -112,20 +203,16 @@ class MTCPCLI(LightningCLI):
         path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI | None:
-    """Run the CLI; ``args`` (a list or dict) lets tests and notebooks call it in-process.
-
-    ``mtcp bench ...`` is the benchmark (`mtcp.bench`); every other subcommand is Lightning's.
-    """
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv[:1] == ["bench"]:
-        from mtcp.bench import main as bench_main
-
-        bench_main(argv[1:])
-        return None
+def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI:
+    """Run the CLI; ``args`` (a list or dict) lets tests and notebooks call it in-process."""
+    if args is None:  # the command line: expand in place (DDP relaunches the other ranks with sys.argv)
+        sys.argv[1:] = expand_config_bases(sys.argv[1:])
+    elif isinstance(args, list):
+        args = expand_config_bases(args)
     return MTCPCLI(
         MultiTaskModule,
         MultiTaskDataModule,
+        trainer_class=MTCPTrainer,
         args=args,
         run=run,
         seed_everything_default=0,

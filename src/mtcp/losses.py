@@ -1,4 +1,4 @@
-"""Per-task dense losses (DESIGN.md section 3).
+"""Per-task dense losses (docs/method.md section 3).
 
 Every loss takes the network's output for a task (logits for classification and
 binary tasks, metres for depth, unit vectors for normals) and the label in the
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX
+from mtcp.labels import IGNORE_INDEX
 
 
 def masked_mean(values: Tensor, valid: Tensor) -> Tensor:

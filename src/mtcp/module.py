@@ -4,7 +4,8 @@ Thin by design: the network lives in `mtcp.models`, the task knowledge in
 `mtcp.tasks`, the training objective in the run's balancer callback
 (`mtcp.balancers`), which the module calls with its unweighted task losses. The
 module owns what must be in the checkpoint and on the device: the network and the
-metric states.
+metric states. The network returns raw maps; the module maps them to each task's
+output space (``Task.activation``) before losses, metrics and predictions.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from torchmetrics import MeanMetric
 from mtcp.balancers.base import Balancer
 from mtcp.data.collate import align_outputs
 from mtcp.losses import LOSSES
-from mtcp.metrics.coherence import DepthNormalsCoherence, SemsegDepthCoherence
+from mtcp.metrics.coherence import coherence_pairs
 from mtcp.metrics.delta_m import delta_m, load_single_task_metrics
 from mtcp.models.backbone import weights_from_checkpoint
+from mtcp.models.outputs import Predictions
 from mtcp.optim import PolyLR, SchedulerFactory
-from mtcp.tasks import Task, check_task_names, get_task
+from mtcp.tasks import Task, check_task_names, get_task, headlines
 
 NetworkFactory = Callable[[dict[str, int]], nn.Module]
 OptimizerFactory = Callable[[Iterable], Optimizer]
@@ -54,15 +56,16 @@ class MultiTaskModule(L.LightningModule):
         scheduler: builds the per-step LR schedule from the optimizer and the total
             number of steps (poly decay, power 0.9, by default); None for a constant LR.
         deep_supervision_weight: weight of the intermediate predictions' losses
-            (levels other than ``final``) in each task's loss; the authors use 0.5.
+            (``Predictions.auxiliary``) in each task's loss; the authors use 0.5.
         single_task_metrics: metric JSON files of single-task reference runs (their
             ``test_metrics.json``); when given, ``val/delta_m`` and ``test/delta_m`` are logged
             (`mtcp.metrics.delta_m`).
         loss_overrides: another loss for some tasks, by name from `mtcp.losses.LOSSES`,
             e.g. ``{normals: normals_mse}`` (the authors' normals loss); default: the task's own.
         coherence: log the cross-task coherence metrics (`mtcp.metrics.coherence`) as
-            ``<stage>/coherence/...`` when the tasks include depth and normals (needs
-            ``meta["intrinsics"]``) or semseg and depth.
+            ``<stage>/coherence/...`` for every registered pair of the model's tasks
+            (`mtcp.metrics.coherence.COHERENCE_PAIRS`: depth and normals, needing
+            ``meta["intrinsics"]``; semseg and depth).
     """
 
     def __init__(
@@ -106,34 +109,31 @@ class MultiTaskModule(L.LightningModule):
         })
         # loaded now, so that a missing or incomplete reference file fails before training
         self.single_task_metrics = (
-            load_single_task_metrics(single_task_metrics, self.task_names) if single_task_metrics else None)
-        names = set(self.task_names)
+            load_single_task_metrics(single_task_metrics, headlines(self.task_names)) if single_task_metrics else None)
+        self.coherence_pairs = coherence_pairs(self.task_names) if coherence else []
         self.coherence_metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({
-                **({"depth_normals": DepthNormalsCoherence()} if coherence and {"depth", "normals"} <= names else {}),
-                **({"semseg_depth": SemsegDepthCoherence()} if coherence and {"semseg", "depth"} <= names else {}),
-            })
-            for stage in ("val", "test")
+            stage: nn.ModuleDict({p.name: p.make() for p in self.coherence_pairs}) for stage in ("val", "test")
         })
 
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def forward(self, image: Tensor) -> dict[str, dict[str, Tensor]]:
-        return self.net(image)
+    def forward(self, image: Tensor) -> Predictions:
+        """The network's raw predictions, each mapped to its task's output space (``Task.activation``)."""
+        activations = {t.name: t.activation for t in self.tasks}
+        return self.net(image).map(lambda task, y: activations[task](y))
 
     # -- losses --------------------------------------------------------------------------
-    def task_losses(self, outputs: dict[str, dict[str, Tensor]], batch: dict[str, Any]) -> Tensor:
+    def task_losses(self, outputs: Predictions, batch: dict[str, Any]) -> Tensor:
         """Unweighted loss of every task [T]: final prediction + weighted deep supervision."""
         losses = []
         for task in self.tasks:
             label = batch[task.name]
             loss_fn = self.loss_fns[task.name]
-            loss = loss_fn(outputs["final"][task.name], label)
-            for level, preds in outputs.items():
-                if level != "final":  # also at weight 0: every head stays on the graph (DDP)
-                    loss = loss + self.deep_supervision_weight * loss_fn(preds[task.name], label)
+            loss = loss_fn(outputs.final[task.name], label)
+            for preds in outputs.auxiliary.values():  # also at weight 0: every head stays on the graph (DDP)
+                loss = loss + self.deep_supervision_weight * loss_fn(preds[task.name], label)
             losses.append(loss)
         return torch.stack(losses)
 
@@ -169,14 +169,10 @@ class MultiTaskModule(L.LightningModule):
         bs = batch["image"].shape[0]
         for task, loss in zip(self.tasks, losses, strict=True):
             self.eval_losses[stage][task.name].update(loss, bs)
-            self.metrics[stage][task.name].update(outputs["final"][task.name], batch[task.name])
+            self.metrics[stage][task.name].update(outputs.final[task.name], batch[task.name])
         meta = batch.get("meta", {})
-        coherence = self.coherence_metrics[stage]
-        if "depth_normals" in coherence and "intrinsics" in meta:  # on the input grid, where the intrinsics hold
-            coherence["depth_normals"].update(raw["final"]["depth"], raw["final"]["normals"], meta["intrinsics"],
-                                              meta.get("input_size"))
-        if "semseg_depth" in coherence:
-            coherence["semseg_depth"].update(raw["final"]["semseg"], raw["final"]["depth"], meta.get("input_size"))
+        for pair in self.coherence_pairs:  # on the input grid
+            pair.update(self.coherence_metrics[stage][pair.name], raw.final, meta)
 
     def _eval_epoch_end(self, stage: str) -> None:
         total = 0.0
@@ -196,7 +192,7 @@ class MultiTaskModule(L.LightningModule):
             self.log_dict({f"{stage}/coherence/{k}": v for k, v in values.items() if bool(torch.isfinite(v))})
             metric.reset()
         if self.single_task_metrics is not None:
-            self.log(f"{stage}/delta_m", delta_m(headline, self.single_task_metrics, self.task_names, stage))
+            self.log(f"{stage}/delta_m", delta_m(headline, self.single_task_metrics, headlines(self.task_names), stage))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -211,7 +207,7 @@ class MultiTaskModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"meta": batch["meta"], "predictions": self(batch["image"])["final"]}
+        return {"meta": batch["meta"], "predictions": self(batch["image"]).final}
 
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -1,8 +1,20 @@
 """The task registry: everything the rest of the code needs to know about a task.
 
 A task is its output width, how the raw head output becomes a prediction, its loss,
-its metrics and its headline metric. Adding a task is one `Task` entry in `TASKS`
-(plus labels from the data sources that provide it).
+its metrics and headline metric, its kind of label (`mtcp.labels`: padding value,
+augmentation, random labels), its picture (`mtcp.visualize`) and its prediction file
+format (`mtcp.writers`). Nothing else in the code dispatches on task names.
+
+Adding a task:
+
+1. ``register(Task(...))`` here (or from your own module before the run is built),
+   reusing a label kind, loss, metric, picture and writer or adding new ones;
+2. a data source lists the task in ``tasks`` and puts its label under the task's name
+   in every sample (``num_classes`` too for a class task with ``channels=None``);
+3. optionally a cross-task coherence metric for a pair of tasks
+   (`mtcp.metrics.coherence.COHERENCE_PAIRS`).
+
+``tests/test_new_task.py`` adds and trains one this way.
 """
 
 from __future__ import annotations
@@ -10,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from mtcp import losses
+from mtcp import losses, visualize, writers
+from mtcp.labels import BinaryMap, ClassMap, LabelKind, PositiveScalar, UnitVector
 from mtcp.metrics import DepthMetrics, EdgeMetrics, NormalsMetrics, SaliencyMetrics, SegmentationMetrics
+from mtcp.metrics.delta_m import Headline
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -36,7 +51,9 @@ class Task:
 
     ``channels`` is None for classification tasks, whose width is the data source's
     class count. ``activation`` maps the head's raw output to the task's output space
-    (logits stay logits); losses and metrics both take that output.
+    (logits stay logits); losses and metrics both take that output. ``picture`` colours
+    a label or output (`colorize`), ``write`` saves a prediction
+    (`mtcp.writers`).
     """
 
     name: str
@@ -45,8 +62,14 @@ class Task:
     make_metric: Callable[[int], Metric]
     headline: str
     higher_is_better: bool
+    label: LabelKind
+    picture: visualize.Picture
+    write: writers.Writer
     activation: Callable[[Tensor], Tensor] = _identity
-    label_is_dense_class: bool = True  # int64 [H, W] labels with 255 = ignore
+
+    @property
+    def label_is_dense_class(self) -> bool:
+        return self.label.dense_class
 
     def out_channels(self, num_classes: Mapping[str, int]) -> int:
         if self.channels is not None:
@@ -56,17 +79,31 @@ class Task:
         return num_classes[self.name]
 
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (
-        Task("semseg", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True),
-        Task("human_parts", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True),
-        Task("depth", 1, losses.depth_l1, lambda c: DepthMetrics(), "rmse", False, _positive, False),
-        Task("normals", 3, losses.normals_l1, lambda c: NormalsMetrics(), "mean", False, _unit, False),
-        Task("sal", 1, losses.balanced_bce, lambda c: SaliencyMetrics(), "maxf", True),
-        Task("edge", 1, losses.weighted_bce, lambda c: EdgeMetrics(), "odsf", True),
-    )
-}
+_CLASS = dict(label=ClassMap(), picture=visualize.class_picture, write=writers.class_png)
+_BINARY = dict(label=BinaryMap(), picture=visualize.probability_picture, write=writers.probability_png)
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add ``task`` to the registry (a new name only: a task is described once)."""
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+for _task in (
+    Task("semseg", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True, **_CLASS),
+    Task("human_parts", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True, **_CLASS),
+    Task("depth", 1, losses.depth_l1, lambda c: DepthMetrics(), "rmse", False, PositiveScalar(),
+         visualize.depth_picture, writers.scalar_npy, _positive),
+    Task("normals", 3, losses.normals_l1, lambda c: NormalsMetrics(), "mean", False, UnitVector(),
+         visualize.normals_picture, writers.unit_vector_npy, _unit),
+    Task("sal", 1, losses.balanced_bce, lambda c: SaliencyMetrics(), "maxf", True, **_BINARY),
+    Task("edge", 1, losses.weighted_bce, lambda c: EdgeMetrics(), "odsf", True, **_BINARY),
+):
+    register(_task)
 
 
 def get_task(name: str) -> Task:
@@ -75,6 +112,17 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
+
+
+def headlines(names: Sequence[str]) -> list[Headline]:
+    """The tasks' headline metrics and directions, for `mtcp.metrics.delta_m`."""
+    return [Headline(t.name, t.headline, t.higher_is_better) for t in map(get_task, names)]
+
+
+def colorize(task: str, value: Tensor, num_classes: int = 0, is_label: bool = False,
+              depth_range: visualize.Range = None) -> np.ndarray:
+    """A task's label or network output (one sample, no batch dim) as an RGB picture."""
+    return get_task(task).picture(value, num_classes, is_label, depth_range)
 
 
 def check_task_names(names: Sequence[str], setting: str = "data.tasks") -> list[str]:

@@ -8,12 +8,18 @@ Class maps get a fixed palette (255 = ignore is black), depth a perceptual colou
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX
+from mtcp.labels import IGNORE_INDEX
+
+Range = tuple[float, float] | None
+#: (value, num_classes, is_label, depth_range) -> RGB: a `mtcp.tasks.Task`'s colour map
+#: (`mtcp.tasks.colorize` picks a task's by name)
+Picture = Callable[[Tensor, int, bool, Range], np.ndarray]
 
 #: anchor colours of the depth ramp (viridis-like), interpolated linearly
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
@@ -73,19 +79,24 @@ def colorize_probability(prob: Tensor) -> np.ndarray:
     return rgb
 
 
-def colorize(task: str, value: Tensor, num_classes: int = 0, is_label: bool = False,
-             depth_range: tuple[float, float] | None = None) -> np.ndarray:
-    """A task's label or network output (one sample, no batch dim) as an RGB picture."""
-    if task in ("semseg", "human_parts"):
-        return colorize_classes(value if is_label else value.argmax(0), num_classes)
-    if task == "depth":
-        lo, hi = depth_range if depth_range else (None, None)
-        return colorize_depth(value, lo, hi)
-    if task == "normals":
-        return colorize_normals(value)
-    if task in ("sal", "edge"):
-        return colorize_probability(value if is_label else torch.sigmoid(value))
-    raise ValueError(f"no colour map for task {task!r}")
+def class_picture(value: Tensor, num_classes: int, is_label: bool, depth_range: Range) -> np.ndarray:
+    """A class map: the label's ids or the logits' arg-max, palette-coloured."""
+    return colorize_classes(value if is_label else value.argmax(0), num_classes)
+
+
+def depth_picture(value: Tensor, num_classes: int, is_label: bool, depth_range: Range) -> np.ndarray:
+    """Depth on the colour ramp, over ``depth_range`` (else the map's own range)."""
+    lo, hi = depth_range if depth_range else (None, None)
+    return colorize_depth(value, lo, hi)
+
+
+def normals_picture(value: Tensor, num_classes: int, is_label: bool, depth_range: Range) -> np.ndarray:
+    return colorize_normals(value)
+
+
+def probability_picture(value: Tensor, num_classes: int, is_label: bool, depth_range: Range) -> np.ndarray:
+    """A binary map: the 0/1/255 label or the logit's sigmoid, grey."""
+    return colorize_probability(value if is_label else torch.sigmoid(value))
 
 
 def image_to_rgb(image: Tensor) -> np.ndarray:

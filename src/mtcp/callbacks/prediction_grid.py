@@ -17,7 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from mtcp.data.collate import align_outputs
-from mtcp.visualize import colorize, image_to_rgb
+from mtcp.labels import PositiveScalar
+from mtcp.models.outputs import Predictions
+from mtcp.tasks import colorize, get_task
+from mtcp.visualize import image_to_rgb
 
 
 def _first(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -43,14 +46,14 @@ def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], tas
     """
     n = min(num_samples, batch["image"].shape[0])
     batch = _first(batch, n)
-    outputs = align_outputs({"final": {t: y[:n] for t, y in outputs.items()}}, batch)["final"]
+    outputs = align_outputs(Predictions({t: y[:n] for t, y in outputs.items()}), batch).final
     rows = []
     for i in range(n):
         tiles = [image_to_rgb(batch["image"][i])]
         for task, channels in task_channels.items():
             label = batch[task][i]
             depth_range = None
-            if task == "depth":
+            if isinstance(get_task(task).label, PositiveScalar):  # label and prediction on one colour scale
                 valid = label[label > 0]
                 depth_range = (float(valid.min()), float(valid.max())) if valid.numel() else None
             tiles.append(colorize(task, label, channels, is_label=True, depth_range=depth_range))
@@ -91,7 +94,7 @@ class PredictionGrid(L.Callback):
         if batch is None or trainer.current_epoch % self.every_n_epochs:
             return
         with torch.no_grad():
-            outputs = pl_module(batch["image"][: self.num_samples])["final"]
+            outputs = pl_module(batch["image"][: self.num_samples]).final
         grid = prediction_grid(batch, outputs, pl_module.task_channels, self.num_samples)
         self.publish(trainer, grid)
 

@@ -6,7 +6,8 @@ Enabled by ``configs/predict.yaml``::
         --data.root /data/NYUD_MT --ckpt_path runs/nyud/checkpoints/last.ckpt
 
 It predicts the ``test`` split (``data`` decides which) and writes, per task, one file
-per sample id under ``output_dir`` (default ``<trainer.default_root_dir>/predictions``):
+per sample id under ``output_dir`` (default ``<trainer.default_root_dir>/predictions``),
+in the task's format (`mtcp.tasks.Task.write`, `mtcp.writers`):
 
 ==============  ============================================================
 semseg, parts   ``<task>/<id>.png``: uint8 class ids (arg-max)
@@ -16,7 +17,7 @@ sal, edge       ``<task>/<id>.png``: uint8 probability * 255
 ==============  ============================================================
 
 With ``colormap: true`` every task also gets ``<task>/<id>_color.png``, a colour-mapped
-picture for people (`mtcp.visualize`: class palette, depth ramp, normals as RGB).
+picture for people (`mtcp.tasks.colorize`, `mtcp.visualize`: class palette, depth ramp, normals as RGB).
 
 Predictions are brought back to the sample's original size (``meta["size"]``) the way
 the evaluation does it (`mtcp.data.collate.align_to_labels`): cropped to the image
@@ -33,17 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from mtcp.data.collate import align_to_labels
-from mtcp.visualize import colorize
-
-_CLASS_TASKS = ("semseg", "human_parts")
-_PROB_TASKS = ("sal", "edge")
+from mtcp.tasks import colorize, get_task
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -94,25 +89,9 @@ class PredictionWriter(BasePredictionWriter):
                     pred = align_to_labels(pred, one, tuple(int(v) for v in one["size"][0]))
                 path = self.output_dir / task / str(sample_id)  # ids may hold folders ("test/000001")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._write(path, task, pred[0].cpu())
+                get_task(task).write(path, pred[0].cpu())  # the task's format (`mtcp.writers`)
                 if self.colormap:
                     channels = pl_module.task_channels[task]
                     picture = colorize(task, pred[0].cpu(), channels)
                     Image.fromarray(picture).save(path.with_name(path.name + "_color.png"))
             self.num_written += 1
-
-    @staticmethod
-    def _write(path: Path, task: str, pred: torch.Tensor) -> None:
-        """Write ``pred`` [C, H, W] to ``path`` + the task's extension."""
-        png, npy = path.with_name(path.name + ".png"), path.with_name(path.name + ".npy")
-        if task in _CLASS_TASKS:
-            Image.fromarray(pred.argmax(dim=0).numpy().astype(np.uint8)).save(png)
-        elif task in _PROB_TASKS:
-            Image.fromarray(pred[0].sigmoid().mul(255).round().numpy().astype(np.uint8)).save(png)
-        elif task == "depth":
-            np.save(npy, pred[0].numpy().astype(np.float32))
-        elif task == "normals":
-            unit = F.normalize(pred, dim=0, eps=1e-12)
-            np.save(npy, unit.permute(1, 2, 0).numpy().astype(np.float32))
-        else:
-            np.save(npy, pred.numpy())

@@ -1,6 +1,6 @@
 """Batching samples of different sizes, and scoring at the labels' original resolution.
 
-Evaluation protocol (DESIGN.md section 4): metrics are computed on the original label
+Evaluation protocol (docs/method.md section 4): metrics are computed on the original label
 maps, every sample once. Real datasets mix image sizes (PASCAL) and networks may be
 run at another input size, so batching works in two grids:
 
@@ -33,13 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from mtcp.data.sources.base import IGNORE_INDEX
-
-#: value of a padded label pixel: "no label"
-LABEL_FILL: dict[str, float] = {
-    "semseg": IGNORE_INDEX, "human_parts": IGNORE_INDEX, "sal": IGNORE_INDEX, "edge": IGNORE_INDEX,
-    "depth": 0.0, "normals": 0.0,
-}
+from mtcp.models.outputs import Predictions
+from mtcp.tasks import get_task
 
 
 def fitted_size(size: tuple[int, int], target: tuple[int, int], mode: str) -> tuple[int, int]:
@@ -112,7 +107,7 @@ class PadCollate:
         )
         batch: dict[str, Any] = {"image": torch.stack([_pad(im, grid, 0.0) for im, _ in placed])}
         for key in keys:
-            fill = LABEL_FILL.get(key, 0.0)
+            fill = get_task(key).label.fill  # "no label"
             batch[key] = torch.stack([_pad(s[key], label_hw, fill) for s in samples])
         batch["meta"] = default_collate([m for _, m in placed])
         return batch
@@ -140,10 +135,7 @@ def align_to_labels(pred: Tensor, meta: dict[str, Any], label_hw: tuple[int, int
     return out
 
 
-def align_outputs(outputs: dict[str, dict[str, Tensor]], batch: dict[str, Any]) -> dict[str, dict[str, Tensor]]:
+def align_outputs(outputs: Predictions, batch: dict[str, Any]) -> Predictions:
     """`align_to_labels` for every level and task of a network's outputs (tasks with a label)."""
     meta = batch.get("meta", {})
-    return {
-        level: {t: align_to_labels(y, meta, batch[t].shape[-2:]) if t in batch else y for t, y in preds.items()}
-        for level, preds in outputs.items()
-    }
+    return outputs.map(lambda t, y: align_to_labels(y, meta, batch[t].shape[-2:]) if t in batch else y)

@@ -1,10 +1,11 @@
-"""Joint, label-aware augmentation of one sample (DESIGN.md section 5).
+"""Joint, label-aware augmentation of one sample (docs/method.md section 5).
 
 Geometry changes every map of the sample consistently: images resample bilinearly,
-labels by nearest neighbour; a zoom by ``s`` divides depth by ``s`` (the scene looks
-``s`` times closer) and scales the intrinsics; a horizontal flip negates the normals'
-x component; an in-plane rotation rotates the normals' (x, y) components; padding
-fills class labels with 255 and depth/normals with 0 (invalid). Photometric jitter
+labels as their task's label kind says (`mtcp.labels`): by nearest neighbour; a zoom
+by ``s`` divides depth by ``s`` (the scene looks ``s`` times closer) and scales the
+intrinsics; a horizontal flip negates the normals' x component; an in-plane rotation
+rotates the normals' (x, y) components; padding fills class labels with 255 and
+depth/normals with 0 (invalid). Photometric jitter
 touches the image only. Randomness comes from the ``generator`` passed per sample
 (seeded from the sample's (seed, epoch, index) by the data module), else from torch's
 global generator.
@@ -17,27 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX
+from mtcp.labels import resample
+from mtcp.tasks import get_task
 
 Sample = dict[str, object]
-
-_CLASS_KEYS = ("semseg", "human_parts", "sal", "edge")
-
-
-def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
-    """Sample a [C,H,W] map at ``grid`` ([1,h,w,2], normalised coords); outside -> 0."""
-    out = F.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return out[0]
 
 
 def _warp_sample(sample: Sample, matrix: Tensor, out_size: tuple[int, int]) -> Sample:
     """Resample all maps of ``sample`` with the affine map ``matrix`` (output pixel -> input pixel).
 
-    ``matrix`` is 2x3 in pixel-centre coordinates. Class labels are sampled by nearest
-    neighbour after shifting by one so that out-of-image pixels (0) become 255.
+    ``matrix`` is 2x3 in pixel-centre coordinates; each label is resampled the way its
+    task's label kind says (`mtcp.labels`), e.g. class maps by nearest neighbour with
+    out-of-image pixels 255.
     """
     image: Tensor = sample["image"]  # type: ignore[assignment]
     h_in, w_in = image.shape[-2:]
@@ -47,18 +41,14 @@ def _warp_sample(sample: Sample, matrix: Tensor, out_size: tuple[int, int]) -> S
     src_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
     grid = torch.stack((src_x / w_in * 2 - 1, src_y / h_in * 2 - 1), dim=-1)[None]
     out: Sample = dict(sample)
-    out["image"] = _resample(image, grid, "bilinear").clamp(0, 1)
-    for key in _CLASS_KEYS:
-        if key in sample:
-            shifted = (sample[key].long() + 1) % (IGNORE_INDEX + 1)  # 255 -> 0, k -> k+1
-            warped = _resample(shifted[None].float(), grid, "nearest")[0].round().long()
-            out[key] = (warped - 1) % (IGNORE_INDEX + 1)  # 0 (outside/ignore) -> 255
-    if "depth" in sample:
-        out["depth"] = _resample(sample["depth"], grid, "nearest")
-    if "normals" in sample:
-        n = _resample(sample["normals"], grid, "nearest")
-        out["normals"] = n
+    out["image"] = resample(image, grid, "bilinear").clamp(0, 1)
+    for key in _label_keys(sample):
+        out[key] = get_task(key).label.warp(sample[key], grid)  # type: ignore[arg-type]
     return out
+
+
+def _label_keys(sample: Sample) -> list[str]:
+    return [k for k in sample if k not in ("image", "meta")]
 
 
 @dataclass
@@ -121,24 +111,12 @@ class Augmentation:
             trans = trans + lin[:, 0] * -out_w
         matrix = torch.cat((lin, trans[:, None]), dim=1).float()
         out = _warp_sample(sample, matrix, (out_h, out_w))
-        if "depth" in out:
-            out["depth"] = out["depth"] / scale
-        if "normals" in out:
-            out["normals"] = _rotate_flip_normals(out["normals"], angle, flip)
+        for key in _label_keys(out):  # e.g. depth divided by the zoom, normals turned with the image
+            out[key] = get_task(key).label.follow(out[key], scale, angle, flip)  # type: ignore[arg-type]
         out["meta"] = _transform_intrinsics(sample["meta"], scale, off_x, off_y, out_w, flip, angle)
         if self.color_jitter:
             out["image"] = _jitter(out["image"], self.color_jitter, rand)
         return out
-
-
-def _rotate_flip_normals(normals: Tensor, angle: float, flip: bool) -> Tensor:
-    """Normals follow the image: in-plane rotation of (x, y), then x negated by a flip."""
-    x, y, z = normals[0], normals[1], normals[2]
-    cos, sin = math.cos(angle), math.sin(angle)
-    x, y = cos * x - sin * y, sin * x + cos * y
-    if flip:
-        x = -x
-    return torch.stack((x, y, z))
 
 
 def _transform_intrinsics(meta: dict, scale: float, off_x: float, off_y: float, out_w: int, flip: bool,

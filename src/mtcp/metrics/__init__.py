@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN section 4) as torchmetrics `Metric`s with sum-reduced states.
+"""Evaluation metrics (docs/method.md section 4) as torchmetrics `Metric`s with sum-reduced states.
 
 Every state is a count, sum, confusion matrix or histogram reduced by summation, so
 evaluation split across DDP ranks gives exactly the single-process numbers (as long as

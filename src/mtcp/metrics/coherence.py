@@ -31,9 +31,16 @@ depth discontinuities? Semantic-boundary pixels: the arg-max class differs from 
 Even perfect predictions score below 100 (a poster on a wall changes class without a
 depth step; a chair before a chair steps without a class change): compare models.
 Values depend on the input resolution (a pixel tolerance), so compare at one size.
+
+`COHERENCE_PAIRS` registers each metric by the tasks it needs; a model builds the
+pairs its tasks cover (`coherence_pairs`) and feeds them its outputs with `CoherencePair.update`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,3 +232,36 @@ class SemsegDepthCoherence(Metric):
         f = torch.where(total > 0, 2 * precision * recall / total, total * 0.0)
         return {"semseg_depth_precision": precision, "semseg_depth_recall": recall, "semseg_depth_f": f}
 
+
+@dataclass(frozen=True)
+class CoherencePair:
+    """A coherence metric for the tasks ``tasks``: how to build it and how to feed it one batch.
+
+    ``update(metric, outputs, meta)`` takes the network's final outputs by task on the
+    input grid and the batch ``meta``; it may skip a batch lacking what it needs.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    make: Callable[[], Metric]
+    update: Callable[[Metric, Mapping[str, Tensor], Mapping[str, Any]], None]
+
+
+def _update_depth_normals(metric: Metric, outputs: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    if "intrinsics" in meta:  # on the input grid, where the intrinsics hold
+        metric.update(outputs["depth"], outputs["normals"], meta["intrinsics"], meta.get("input_size"))
+
+
+def _update_semseg_depth(metric: Metric, outputs: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    metric.update(outputs["semseg"], outputs["depth"], meta.get("input_size"))
+
+
+COHERENCE_PAIRS: list[CoherencePair] = [
+    CoherencePair("depth_normals", ("depth", "normals"), DepthNormalsCoherence, _update_depth_normals),
+    CoherencePair("semseg_depth", ("semseg", "depth"), SemsegDepthCoherence, _update_semseg_depth),
+]
+
+
+def coherence_pairs(task_names: Sequence[str]) -> list[CoherencePair]:
+    """The registered pairs whose tasks are all among ``task_names``."""
+    return [p for p in COHERENCE_PAIRS if set(p.tasks) <= set(task_names)]

@@ -1,7 +1,7 @@
 """Shared input handling for the metrics: evaluate at the ground truth's resolution.
 
 Networks often predict at a lower resolution than the (original-size) labels; the
-protocol (DESIGN section 4) scores at the label's size, so every metric brings its
+protocol (docs/method.md section 4) scores at the label's size, so every metric brings its
 prediction there first, interpolating logits/values rather than hard decisions.
 """
 

@@ -1,7 +1,8 @@
 """Networks: a timm backbone adapter, decoders, heads; `PlainMTL` and the MT-CP network."""
 
 from mtcp.models.backbone import TimmBackbone
-from mtcp.models.mtcp_net import MTCPNet
+from mtcp.models.mtcp_net import MTCPFeatures, MTCPNet
+from mtcp.models.outputs import FeatureInfo, Predictions
 from mtcp.models.plain_mtl import PlainMTL
 
-__all__ = ["MTCPNet", "PlainMTL", "TimmBackbone"]
+__all__ = ["FeatureInfo", "MTCPFeatures", "MTCPNet", "PlainMTL", "Predictions", "TimmBackbone"]

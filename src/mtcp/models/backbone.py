@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from mtcp.models.outputs import FeatureInfo
+
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
 _WEIGHTS_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("mtcp_weights_from_checkpoint", default=False)
@@ -61,6 +63,8 @@ class SimplePyramid(nn.Module):
 
 class TimmBackbone(nn.Module):
     """A timm model as a pyramid of four NCHW maps at strides 4, 8, 16, 32.
+
+    ``feature_info`` declares the maps' channels and strides; decoders are built from it.
 
     Args:
         name: timm model name (``timm.list_models()``), e.g. ``swin_small_patch4_window7_224``.
@@ -116,7 +120,7 @@ class TimmBackbone(nn.Module):
                 raise ValueError(f"backbone {name!r}: plain models must have stride 16, got {reductions[-1]}")
             self.take = [len(reductions) - 1]
             self.pyramid: nn.Module | None = SimplePyramid(channels[-1])
-            self.channels = self.pyramid.channels  # type: ignore[union-attr]
+            channels = self.pyramid.channels  # type: ignore[union-attr]
         else:
             missing = [s for s in PYRAMID_STRIDES if s not in reductions]
             if missing:
@@ -126,14 +130,11 @@ class TimmBackbone(nn.Module):
                 )
             self.take = [reductions.index(s) for s in PYRAMID_STRIDES]
             self.pyramid = None
-            self.channels = [channels[i] for i in self.take]
+            channels = [channels[i] for i in self.take]
+        self.feature_info = FeatureInfo(tuple(channels), PYRAMID_STRIDES)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return PYRAMID_STRIDES
 
     def forward(self, image: Tensor) -> list[Tensor]:
         """``image``: RGB in [0, 1], [B, 3, H, W] with H, W multiples of 32."""

@@ -1,7 +1,7 @@
 """CBAM: a channel gate followed by a spatial gate (Woo et al., 2018).
 
 Used by the CFM (on its query, key, value and output branches) and by every SRM
-(DESIGN.md section 2). The channel gate is timm's `ChannelAttn` as is: an MLP with
+(docs/method.md section 2). The channel gate is timm's `ChannelAttn` as is: an MLP with
 reduction 16, shared between the average- and max-pooled descriptors, summed, sigmoid.
 timm's own spatial gate (`SpatialAttn`, hence `CbamModule`) puts a BatchNorm after its
 7x7 convolution, which the design does not have, so the spatial gate is written here:

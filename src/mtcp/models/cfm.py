@@ -1,6 +1,6 @@
 """Coherence Fusion Module (CFM): a task attends over its own features with the other tasks' affinity.
 
-DESIGN.md section 2: each auxiliary task's map is gated, ``a * sigmoid(conv1x1(a))``,
+docs/method.md section 2: each auxiliary task's map is gated, ``a * sigmoid(conv1x1(a))``,
 the gated maps are fused by a 1x1 convolution into F; queries and keys come from F
 (CBAM -> BN -> ReLU, two branches), values from the task's own X_t (CBAM -> BN); the
 output is CBAM -> BN of ``softmax(Q K^T * scale) V`` over all H/4 x W/4 positions.
@@ -8,7 +8,7 @@ output is CBAM -> BN of ``softmax(Q K^T * scale) V`` over all H/4 x W/4 position
 Memory: the authors materialise the HW x HW affinity (1.47 GB per image and task at
 480x640 in fp32). Here `torch.nn.functional.scaled_dot_product_attention` computes the
 same maths in O(HW) memory. Its memory-saving kernels need the value width equal to the
-query/key width and contiguous inputs (PITFALLS.md, "Attention on the CPU"); otherwise
+query/key width and contiguous inputs (docs/notes.md, "Attention on the CPU"); otherwise
 it silently materialises the affinity. Q, K and V all have width D here (CBAM and BN
 keep the width), and they are made contiguous [B, 1, HW, D] before the call, so the
 saving kernel runs (``benchmarks/cfm_memory.py`` measures it against the materialised

@@ -1,11 +1,13 @@
 """Feature pyramid network: fuse a fine-to-coarse pyramid into maps of one width.
 
 Used as the pixel decoder over the backbone and as the "dynamic FPN fusion" over each
-task decoder's stages (DESIGN.md section 2): 1x1 laterals to ``dim``, top-down
+task decoder's stages (docs/method.md section 2): 1x1 laterals to ``dim``, top-down
 nearest upsampling and addition, a 3x3 convolution per level.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,7 +27,7 @@ class FPN(nn.Module):
     ``find_unused_parameters=False``).
     """
 
-    def __init__(self, in_channels: list[int], dim: int, num_outputs: int | None = None) -> None:
+    def __init__(self, in_channels: Sequence[int], dim: int, num_outputs: int | None = None) -> None:
         super().__init__()
         self.laterals = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
         self.num_outputs = num_outputs or len(in_channels)

@@ -1,10 +1,10 @@
-"""The MT-CP network (DESIGN.md section 2): shared pixel map R, per-task decoders, trace-back.
+"""The MT-CP network (docs/method.md section 2): shared pixel map R, per-task decoders, trace-back.
 
     image -> backbone -> pixel decoder (FPN)      -> P @1/4 (+ 1/8, 1/16, 1/32 for the queries)
           -> query decoder                        -> M, mask logits;  R = fuse(P, M, mask logits)
     per task t: task decoder(R)                   -> S_t = [D@1/4, 2D@1/8, 4D@1/16], X_t @1/4
-    per task t: CFM_t(X_t, {X_a : a != t})        -> C_t        -> head "initial"
-    per task t: SRM chain over S_t seeded with C_t -> 1/16, 1/8, 1/4 -> heads "srm1", "srm2", "final"
+    per task t: CFM_t(X_t, {X_a : a != t})        -> C_t        -> head "initial" (auxiliary)
+    per task t: SRM chain over S_t seeded with C_t -> 1/16, 1/8, 1/4 -> heads "srm1", "srm2" (aux.), final
 
 Ablations, each keeping every built parameter on the gradient path (DDP with
 ``find_unused_parameters=False``):
@@ -13,8 +13,8 @@ Ablations, each keeping every built parameter on the gradient path (DDP with
 - ``use_cfm=False``: C_t = X_t, so the trace-back is seeded by X_t and "initial" is the
   head on X_t: a real prediction (the task decoder's own), and it keeps the set of
   supervised levels, hence the loss composition, the same as the full model's.
-- ``use_trace_back=False``: the final head reads C_t; there are no "initial", "srm1",
-  "srm2" levels ("initial" would duplicate "final").
+- ``use_trace_back=False``: the final head reads C_t; there are no auxiliary levels
+  ("initial" would duplicate the final prediction).
 - one task: there are no other tasks to be coherent with, so no CFM is built and
   C_t = X_t (as with ``use_cfm=False``); a self-attention stand-in would be a different
   module, not the ablated one.
@@ -22,23 +22,45 @@ Ablations, each keeping every built parameter on the gradient path (DDP with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from mtcp.models.backbone import TimmBackbone
 from mtcp.models.cfm import CoherenceFusion, resolve_scale
 from mtcp.models.fpn import FPN
 from mtcp.models.heads import make_heads
+from mtcp.models.outputs import Predictions
 from mtcp.models.padding import crop_outputs, pad_to_multiple
 from mtcp.models.query_decoder import FUSIONS, QueryDecoder, fuse
 from mtcp.models.srm import TraceBack
 from mtcp.models.task_decoder import TaskDecoder
+
+
+@dataclass(frozen=True)
+class MTCPFeatures:
+    """MT-CP's intermediate maps for a padded image (the module doc's names after each field).
+
+    Per-task fields map task -> map. ``queries``/``mask_logits`` are None without the
+    query decoder, ``trace`` is None without the trace-back.
+    """
+
+    pixels: Tensor  #: P [B, D, H/4, W/4]
+    queries: Tensor | None  #: M [B, N, D]
+    mask_logits: Tensor | None  #: [B, N, H/4, W/4]
+    shared: Tensor  #: R [B, D, H/4, W/4]
+    stages: dict[str, list[Tensor]]  #: S_t, the task decoder's stages (its ``feature_info``)
+    decoded: dict[str, Tensor]  #: X_t [B, D, H/4, W/4]
+    fused: dict[str, Tensor]  #: C_t [B, D, H/4, W/4]
+    trace: dict[str, list[Tensor]] | None  #: the SRMs' maps at 1/16, 1/8, 1/4
+
 
 #: the pixel-decoder levels the query decoder can visit (beyond P at 1/4): 1/8, 1/16, 1/32
 MAX_QUERY_LEVELS = 3
 
 
 class MTCPNet(nn.Module):
-    """MT-CP: predictions per level (``final``, ``initial``, ``srm1``, ``srm2``) and task.
+    """MT-CP: raw `Predictions` per task; auxiliary levels ``initial``, ``srm1``, ``srm2``.
 
     Args:
         task_channels: output width of every task (given by the data module).
@@ -94,7 +116,7 @@ class MTCPNet(nn.Module):
         self.fusion = fusion
         self.backbone = backbone or TimmBackbone()
         levels = min(query_layers, MAX_QUERY_LEVELS) if use_query_decoder else 0
-        self.pixel_decoder = FPN(self.backbone.channels, dim, num_outputs=1 + levels)
+        self.pixel_decoder = FPN(self.backbone.feature_info.channels, dim, num_outputs=1 + levels)
         self.query_decoder = (
             QueryDecoder(dim, num_queries, query_layers, levels, query_heads, query_ffn_dim or 8 * dim)
             if use_query_decoder
@@ -103,7 +125,7 @@ class MTCPNet(nn.Module):
         self.task_decoders = nn.ModuleDict(
             {t: TaskDecoder(dim, tuple(decoder_depths), decoder_heads, window) for t in self.tasks}
         )
-        widths = self.task_decoders[self.tasks[0]].widths
+        widths = self.task_decoders[self.tasks[0]].feature_info.channels  # S_t, what each SRM reads
         self.cfm = (
             nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale) for t in self.tasks})
             if use_cfm and len(self.tasks) > 1
@@ -116,49 +138,47 @@ class MTCPNet(nn.Module):
     @property
     def pad_multiple(self) -> int:
         """Inputs are padded to the backbone's coarsest stride (the Swin stages pad themselves)."""
-        return max(self.backbone.strides)
+        return max(self.backbone.feature_info.strides)
 
-    def forward_features(self, image: Tensor) -> dict[str, Tensor | dict[str, Tensor | list[Tensor]]]:
-        """Every intermediate map for a padded image: P, M, mask logits, R, and per task S, X, C, trace."""
+    def forward_features(self, image: Tensor) -> MTCPFeatures:
+        """Every intermediate map for a padded image (`MTCPFeatures`)."""
         feats = self.pixel_decoder(self.backbone(image))
         pixels = feats[0]
-        out: dict = {"P": pixels}
+        queries = masks = None
+        shared = pixels
         if self.query_decoder is not None:
-            levels = feats[1:][::-1]  # coarse to fine
-            queries, masks = self.query_decoder(levels, pixels)
+            queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
             shared = fuse(pixels, queries, masks, self.fusion)
-            out.update(M=queries, mask_logits=masks)
-        else:
-            shared = pixels
-        out["R"] = shared
         decoded = {t: self.task_decoders[t](shared) for t in self.tasks}
-        out["X"] = {t: x for t, (x, _) in decoded.items()}
-        out["S"] = {t: s for t, (_, s) in decoded.items()}
+        own = {t: x for t, (x, _) in decoded.items()}
+        stages = {t: s for t, (_, s) in decoded.items()}
         if self.cfm is not None:
-            out["C"] = {t: self.cfm[t](out["X"][t], [out["X"][a] for a in self.tasks if a != t]) for t in self.tasks}
+            fused = {t: self.cfm[t](own[t], [own[a] for a in self.tasks if a != t]) for t in self.tasks}
         else:
-            out["C"] = dict(out["X"])
+            fused = dict(own)
+        trace = None
         if self.trace_back is not None:
-            out["trace"] = {t: self.trace_back[t](out["C"][t], out["S"][t]) for t in self.tasks}
-        return out
+            trace = {t: self.trace_back[t](fused[t], stages[t]) for t in self.tasks}
+        return MTCPFeatures(pixels, queries, masks, shared, stages, own, fused, trace)
 
-    def forward(self, image: Tensor) -> dict[str, dict[str, Tensor]]:
-        """``image`` [B, 3, H, W] in [0, 1], any H, W -> predictions per level and task at H x W."""
+    def forward(self, image: Tensor) -> Predictions:
+        """``image`` [B, 3, H, W] in [0, 1], any H, W -> raw predictions per task (and level) at H x W."""
         size = tuple(image.shape[-2:])
         padded = pad_to_multiple(image, self.pad_multiple)
         full = tuple(padded.shape[-2:])
         feats = self.forward_features(padded)
-        if self.trace_back is None:
-            sources = {"final": feats["C"]}
+        if feats.trace is None:
+            sources = {"final": feats.fused}
         else:
-            srm1, srm2, final = zip(*(feats["trace"][t] for t in self.tasks), strict=True)
+            srm1, srm2, final = zip(*(feats.trace[t] for t in self.tasks), strict=True)
             sources = {
                 "final": dict(zip(self.tasks, final, strict=True)),
-                "initial": feats["C"],
+                "initial": feats.fused,
                 "srm1": dict(zip(self.tasks, srm1, strict=True)),
                 "srm2": dict(zip(self.tasks, srm2, strict=True)),
             }
         outputs = {
             level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks} for level in self.levels
         }
-        return crop_outputs(outputs, size)
+        final = outputs.pop("final")
+        return crop_outputs(Predictions(final, outputs), size)

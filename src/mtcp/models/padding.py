@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtcp.models.outputs import Predictions
+
 
 def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
     h, w = image.shape[-2:]
@@ -19,6 +21,6 @@ def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
     return F.pad(image, (0, pw, 0, ph))
 
 
-def crop_outputs(outputs: dict[str, dict[str, Tensor]], size: tuple[int, int]) -> dict[str, dict[str, Tensor]]:
+def crop_outputs(outputs: Predictions, size: tuple[int, int]) -> Predictions:
     h, w = size
-    return {level: {t: y[..., :h, :w] for t, y in preds.items()} for level, preds in outputs.items()}
+    return outputs.map(lambda _, y: y[..., :h, :w])

@@ -9,7 +9,7 @@ embeddings M [B, N, D] and per-query mask logits [B, N, H/4, W/4], the dot produ
 mask embeddings (an MLP of M) with the finest pixel map P.
 
 `fuse` turns (P, M, mask logits) into R, the map shared by every task decoder, in one
-of two forms (DESIGN.md section 2, "Query decoder / R"):
+of two forms (docs/method.md section 2, "Query decoder / R"):
 
 ``"reference"``
     the authors' ``einsum("bnhw,bdhw->bdhw", mask_logits, P)``: P scaled per pixel by

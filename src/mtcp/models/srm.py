@@ -1,6 +1,6 @@
 """Spatial Refinement Modules (SRM) and the trace-back chain over a task decoder's stages.
 
-DESIGN.md section 2: ``SRM(x, f)``: ``x, f = CBAM(x), CBAM(f)``; x resized to f;
+docs/method.md section 2: ``SRM(x, f)``: ``x, f = CBAM(x), CBAM(f)``; x resized to f;
 ``c = cat(x, f)``; ``pred = ReLU(BN(conv1x1(c)))`` with D channels (to a head) and
 ``back = ReLU(BN(conv1x1(c)))`` with f's channels, "fed to the next SRM".
 
@@ -18,6 +18,8 @@ averaging (all of C_t's detail contributes) and enlarged bilinearly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,7 @@ class TraceBack(nn.Module):
     Returns the ``pred`` maps coarse to fine: [D@1/16, D@1/8, D@1/4].
     """
 
-    def __init__(self, dim: int, stage_widths: list[int]) -> None:
+    def __init__(self, dim: int, stage_widths: Sequence[int]) -> None:
         super().__init__()
         coarse_to_fine = list(reversed(stage_widths))
         inputs = [dim] + coarse_to_fine[:-1]

@@ -1,7 +1,7 @@
 """A task's own decoder ("hierarchical feature processing"): three Swin stages over R, then an FPN.
 
 Stage widths D, 2D, 4D at strides 4, 8, 16 (depths 1, 2, 1; 2 heads; window 7; timm's
-patch merging between stages), DESIGN.md section 2. The stages are timm's
+patch merging between stages), docs/method.md section 2. The stages are timm's
 `SwinTransformerStage` (its patch merging, blocks, window attention, MLPs), which work
 on NHWC maps. Any map size: timm pads a map that is not a multiple of the window only
 *after* its cyclic shift, so its shifted-window mask no longer matches where the rolled
@@ -11,6 +11,10 @@ with zeros to a multiple of the window *before* the shift, as in the original Sw
 mask for the padded size), and the result is cropped back; the MLP then runs on the
 real positions only (at 120x160 inputs the 1/16 map, 8x10, pads to 14x14). On maps
 that are multiples of the window this is exactly timm's block (tested).
+
+The block forward is re-composed from the block's parts, including timm's private
+``_attn`` (window attention with the shift), so timm is pinned to ``<1.1`` in
+pyproject.toml and a test checks the parts relied on before a bump.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from timm.models.swin_transformer import SwinTransformerStage
 from torch import Tensor, nn
 
 from mtcp.models.fpn import FPN
+from mtcp.models.outputs import FeatureInfo
 
 
 class PaddedSwinStage(nn.Module):
@@ -54,6 +59,8 @@ class PaddedSwinStage(nn.Module):
 class TaskDecoder(nn.Module):
     """R [B, D, H, W] -> (X_t [B, D, H, W], S_t = [D@H, 2D@H/2, 4D@H/4]), all NCHW.
 
+    ``feature_info`` declares S_t: its widths, and its strides relative to R.
+
     Args:
         dim: D, the width of R.
         depths: blocks per stage.
@@ -69,7 +76,7 @@ class TaskDecoder(nn.Module):
             for i, depth in enumerate(depths)
         )
         self.fpn = FPN(widths, dim, num_outputs=1)
-        self.widths = widths
+        self.feature_info = FeatureInfo(tuple(widths), tuple(2**i for i in range(len(depths))))
 
     def forward(self, shared: Tensor) -> tuple[Tensor, list[Tensor]]:
         x = shared.permute(0, 2, 3, 1)

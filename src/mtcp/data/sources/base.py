@@ -38,8 +38,6 @@ from torch.utils.data import Dataset
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
-IGNORE_INDEX = 255
-
 
 class DataSource(ABC):
     """A labelled dense-prediction dataset, split into train/val/test."""

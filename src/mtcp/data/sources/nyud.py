@@ -1,4 +1,4 @@
-"""NYUD-v2 in the two published multi-task layouts (DESIGN.md section 5).
+"""NYUD-v2 in the two published multi-task layouts (docs/method.md section 5).
 
 ``NYUD_MT`` (480x640)::
 
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX, Split
+from mtcp.data.sources.base import Split
 from mtcp.data.sources.file_dataset import FolderSource
 from mtcp.data.sources.files import (
     DatasetFileError,
@@ -54,6 +54,7 @@ from mtcp.data.sources.files import (
     read_split,
     require_dir,
 )
+from mtcp.labels import IGNORE_INDEX
 
 NUM_CLASSES = 40
 #: NYU-v2 colour camera (fx, fy, cx, cy) for the 480 x 640 (H x W) grid

@@ -1,4 +1,4 @@
-"""PASCAL-Context in the ``PASCAL_MT`` layout (DESIGN.md section 5)::
+"""PASCAL-Context in the ``PASCAL_MT`` layout (docs/method.md section 5)::
 
     ImageSets/Context/{train,val}.txt         one id a line (4998 / 5105)
     JPEGImages/<id>.jpg
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtcp.data.sources.base import IGNORE_INDEX, Split
+from mtcp.data.sources.base import Split
 from mtcp.data.sources.file_dataset import FolderSource
 from mtcp.data.sources.files import (
     DatasetFileError,
@@ -48,6 +48,7 @@ from mtcp.data.sources.files import (
 from mtcp.data.sources.nyud import decode_normals
 from mtcp.data.sources.pascal_context_classes import NORMALS_VALID_IDS
 from mtcp.data.sources.pascal_parts import NUM_PART_CLASSES, read_human_parts
+from mtcp.labels import IGNORE_INDEX
 
 NUM_CLASSES = 21
 _CONTEXT_DIR = ("pascal-context", "trainval")

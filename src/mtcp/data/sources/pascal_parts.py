@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcp.data.sources.base import IGNORE_INDEX
 from mtcp.data.sources.files import DatasetFileError, check_size, read_mat
+from mtcp.labels import IGNORE_INDEX
 
 PERSON_CLASS_IND = 15
 NUM_PART_CLASSES = 7  # background + 6 parts

@@ -1,4 +1,4 @@
-"""`ProceduralScenes`: the embedded default data source (DESIGN.md section 6).
+"""`ProceduralScenes`: the embedded default data source (docs/method.md section 6).
 
 Samples are rendered on the fly from the key (seed, split, index), so the dataset
 needs no files, is identical in every process and DataLoader worker, and provides

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from mtcp.data.procedural.render import render_sample
 from mtcp.data.procedural.scene import SEMSEG_CLASSES, sample_scene
-from mtcp.data.sources.base import IGNORE_INDEX
 from mtcp.data.sources.procedural import HUMAN_PART_CLASSES, ProceduralScenes
+from mtcp.labels import IGNORE_INDEX
 
 ALL_TASKS = ("semseg", "depth", "normals", "human_parts", "sal", "edge")
 STRUCTURE = [SEMSEG_CLASSES.index(c) for c in ("floor", "wall", "ceiling", "rug", "picture", "door")]

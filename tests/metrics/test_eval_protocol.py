@@ -26,18 +26,23 @@ from mtcp.data.sources.nyud import NYUDv2
 from mtcp.data.sources.pascal import PascalContext
 from mtcp.data.transforms import Augmentation
 from mtcp.metrics import DepthMetrics, NormalsMetrics, SaliencyMetrics, SegmentationMetrics
+from mtcp.models import Predictions
 from mtcp.module import MultiTaskModule
 
 
 class FixedNet(nn.Module):
-    """A deterministic per-pixel network (1x1 convolutions): its outputs never depend on batch-mates."""
+    """A deterministic per-pixel network (1x1 convolutions): its outputs never depend on batch-mates.
+
+    Its depth is positive and its normals unit already, so that its outputs are also valid labels'
+    predictions without the module (whose activations keep them so).
+    """
 
     def __init__(self, task_channels: dict[str, int]) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.weights = {t: torch.randn(c, 3, generator=generator) for t, c in task_channels.items()}
 
-    def forward(self, image: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    def forward(self, image: torch.Tensor) -> Predictions:
         out = {}
         for task, weight in self.weights.items():
             y = torch.einsum("oc,bchw->bohw", weight, image)
@@ -46,7 +51,7 @@ class FixedNet(nn.Module):
             elif task == "normals":
                 y = F.normalize(y, dim=1)
             out[task] = y
-        return {"final": out}
+        return Predictions(out)
 
 
 # -- padding and resizing -----------------------------------------------------------------
@@ -96,7 +101,7 @@ def test_scores_on_padded_batches_equal_scores_at_each_original_resolution(tmp_p
     batched, single = _metric_set(), _metric_set()
     for start in range(0, len(samples), 3):
         batch = collate(samples[start : start + 3])
-        outputs = align_outputs(net(batch["image"]), batch)["final"]
+        outputs = align_outputs(net(batch["image"]), batch).final
         for task, metric in batched.items():
             assert outputs[task].shape[-2:] == batch[task].shape[-2:]
             metric.update(outputs[task], batch[task])
@@ -104,7 +109,7 @@ def test_scores_on_padded_batches_equal_scores_at_each_original_resolution(tmp_p
         one = collate([sample])
         h, w = sample["meta"]["size"].tolist()
         ih, iw = one["meta"]["input_size"][0].tolist()
-        raw = net(one["image"][:, :, :ih, :iw])["final"]
+        raw = net(one["image"][:, :, :ih, :iw]).final
         for task, metric in single.items():
             pred = F.interpolate(raw[task], size=(h, w), mode="bilinear", align_corners=False)
             metric.update(pred, sample[task][None])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mtcp.models import PlainMTL, TimmBackbone
+from mtcp.models import PlainMTL, Predictions, TimmBackbone
 from mtcp.module import MultiTaskModule
 
 TASKS = {"semseg": 5, "depth": 1, "normals": 3}
@@ -29,7 +29,7 @@ def make_batch(b: int = 2, h: int = 32, w: int = 32) -> dict:
 @pytest.mark.parametrize("size", [(100, 140), (64, 96), (33, 47)])
 def test_outputs_have_the_input_size_for_odd_sizes(size):
     module = MultiTaskModule(TASKS, net=tiny_net).eval()
-    out = module(torch.rand(1, 3, *size))["final"]
+    out = module(torch.rand(1, 3, *size)).final
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "semseg": (1, 5, *size), "depth": (1, 1, *size), "normals": (1, 3, *size)}
     assert (out["depth"] > 0).all()
@@ -81,8 +81,8 @@ def test_unknown_task_in_model_is_rejected():
 def test_loss_override_uses_the_authors_normals_mse():
     module = MultiTaskModule(TASKS, net=tiny_net, loss_overrides={"normals": "normals_mse"})
     batch = make_batch()
-    out = {"final": {"semseg": torch.zeros(2, 5, 32, 32), "depth": batch["depth"].clone(),
-                     "normals": -batch["normals"]}}
+    out = Predictions({"semseg": torch.zeros(2, 5, 32, 32), "depth": batch["depth"].clone(),
+                       "normals": -batch["normals"]})
     # opposite unit normals: squared distance |n - (-n)|^2 = 4 at every pixel; L1 would give |2n|_1 != 4
     assert module.task_losses(out, batch)[2].item() == pytest.approx(4.0, rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss 'normals_l2'.*known losses"):

@@ -9,8 +9,10 @@ import pytest
 from mtcp.metrics.delta_m import delta_m, find_metric, load_single_task_metrics
 from mtcp.models import PlainMTL, TimmBackbone
 from mtcp.module import MultiTaskModule
+from mtcp.tasks import headlines
 
-TASKS = ["semseg", "depth", "normals"]
+TASKS = headlines(["semseg", "depth", "normals"])
+DEPTH, NORMALS = TASKS[1], TASKS[2]
 
 
 def test_delta_m_by_hand():
@@ -24,22 +26,22 @@ def test_delta_m_by_hand():
     assert delta_m(worse, single, TASKS) == pytest.approx((2 / 48 - 0.1 + 1 / 20) / 3 * 100)
     assert delta_m(single, single, TASKS) == 0.0
     sal = {"sal/maxf": 80.0, "human_parts/miou": 60.0}
-    assert delta_m(sal, {"sal/maxf": 85.0, "human_parts/miou": 50.0}, ["sal", "human_parts"]) == pytest.approx(
-        (-5 / 85 + 10 / 50) / 2 * 100)
+    assert delta_m(sal, {"sal/maxf": 85.0, "human_parts/miou": 50.0},
+                   headlines(["sal", "human_parts"])) == pytest.approx((-5 / 85 + 10 / 50) / 2 * 100)
 
 
 def test_stage_lookup_prefers_the_same_stage_then_test():
     metrics = {"val/depth/rmse": 1.0, "test/depth/rmse": 2.0}
-    assert find_metric(metrics, "depth", "val") == 1.0
-    assert find_metric(metrics, "depth", "test") == 2.0
-    assert find_metric({"test/depth/rmse": 2.0}, "depth", "val") == 2.0  # NYUD/PASCAL: val = test images
+    assert find_metric(metrics, DEPTH, "val") == 1.0
+    assert find_metric(metrics, DEPTH, "test") == 2.0
+    assert find_metric({"test/depth/rmse": 2.0}, DEPTH, "val") == 2.0  # NYUD/PASCAL: val = test images
     with pytest.raises(KeyError, match=r"no 'normals' headline metric.*normals/mean"):
-        find_metric(metrics, "normals", "val")
+        find_metric(metrics, NORMALS, "val")
 
 
 def test_zero_reference_is_an_error():
     with pytest.raises(ValueError, match=r"reference for 'depth' is 0.0"):
-        delta_m({"depth/rmse": 1.0}, {"depth/rmse": 0.0}, ["depth"])
+        delta_m({"depth/rmse": 1.0}, {"depth/rmse": 0.0}, [DEPTH])
 
 
 def test_single_task_files_are_merged_and_checked(tmp_path):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_balancers import run_epochs
 
 from conftest import ROOT, TINY_RUN, run_env
 from mtcp.balancers import DWA, FAMO, GLS, RLW, EqualWeights, FixedWeights, LossPrioritization, UncertaintyWeighting
 from mtcp.cli import cli_main
-from test_balancers import run_epochs
 
 
 def _callback(cls: str, **init_args) -> str:
