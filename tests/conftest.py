@@ -24,6 +24,23 @@ TINY_RUN = [
 ]
 
 
+def ddp_fit_command(tmp_path: Path, *extra: str) -> list[str]:
+    """`mtcp fit` on 2 gloo CPU processes with the tiny settings, writing into ``tmp_path``."""
+    return [
+        sys.executable, "-m", "mtcp", "fit",
+        "--config", str(ROOT / "configs/procedural.yaml"),
+        "--config", str(ROOT / "configs/trainer/debug.yaml"),
+        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",  # GPU-only
+        "--data.source.init_args.image_size=[64,64]",
+        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
+        *extra,
+    ]
+
+
 def run_env() -> dict[str, str]:
     """Environment for CLI subprocesses: offline, single-threaded BLAS, tests/helpers importable."""
     env = dict(os.environ)

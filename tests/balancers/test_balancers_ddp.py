@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_balancers import run_epochs
 
-from conftest import ROOT, TINY_RUN, run_env
+from conftest import TINY_RUN, ddp_fit_command, run_env
 from mtcp.balancers import DWA, FAMO, GLS, RLW, EqualWeights, FixedWeights, LossPrioritization, UncertaintyWeighting
 from mtcp.cli import cli_main
 
@@ -25,21 +24,8 @@ def _callback(cls: str, **init_args) -> str:
 
 def _ddp_run(tmp_path: Path, balancer_args: list[str], steps: int) -> tuple[dict, dict]:
     out = tmp_path / "ranks"
-    cmd = [
-        sys.executable, "-m", "mtcp", "fit",
-        "--config", str(ROOT / "configs/procedural.yaml"),
-        "--config", str(ROOT / "configs/trainer/debug.yaml"),
-        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",  # GPU-only
-        "--data.source.init_args.image_size=[64,64]",
-        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
-        "--trainer.enable_progress_bar=false", f"--trainer.limit_train_batches={steps}",
-        "--trainer.limit_val_batches=1",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
-        *balancer_args,
-        _callback("BalancerProbe", out_dir=str(out)),
-    ]
+    cmd = ddp_fit_command(tmp_path, f"--trainer.limit_train_batches={steps}", "--trainer.limit_val_batches=1",
+                          *balancer_args, _callback("BalancerProbe", out_dir=str(out)))
     proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -184,19 +170,7 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path)
     out = tmp_path / "pids"
     bad = {"class_path": "helpers.recorders.InfiniteDepthLabel",
            "init_args": {"rank": 1, "step": 2, "out_dir": str(out)}}
-    cmd = [
-        sys.executable, "-m", "mtcp", "fit",
-        "--config", str(ROOT / "configs/procedural.yaml"),
-        "--config", str(ROOT / "configs/trainer/debug.yaml"),
-        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",
-        "--data.source.init_args.image_size=[64,64]",
-        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
-        "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=6",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
-        "--trainer.callbacks+=" + json.dumps(bad),
-    ]
+    cmd = ddp_fit_command(tmp_path, "--trainer.limit_train_batches=6", "--trainer.callbacks+=" + json.dumps(bad))
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - start

@@ -2,13 +2,12 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, run_env
+from conftest import ROOT, ddp_fit_command, run_env
 from mtcp.cli import cli_main
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.data.sources.procedural import ProceduralScenes
@@ -72,19 +71,7 @@ def test_ddp_two_processes_end_with_identical_weights_and_parameters(tmp_path):
     """`mtcp fit` with strategy=ddp on 2 CPU processes: both ranks agree on everything they learn."""
     out = tmp_path / "ranks"
     recorder = json.dumps({"class_path": "helpers.recorders.RankStateRecorder", "init_args": {"out_dir": str(out)}})
-    cmd = [
-        sys.executable, "-m", "mtcp", "fit",
-        "--config", str(ROOT / "configs/procedural.yaml"),
-        "--config", str(ROOT / "configs/trainer/debug.yaml"),
-        "--config", str(ROOT / "configs/trainer/ddp.yaml"),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",
-        "--data.source.init_args.image_size=[64,64]",
-        "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",
-        f"--trainer.callbacks+={recorder}",
-    ]
+    cmd = ddp_fit_command(tmp_path, f"--trainer.callbacks+={recorder}")
     proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
