@@ -76,3 +76,19 @@ def test_nan_in_an_invalid_label_pixel_reaches_neither_loss_nor_gradient(fn, cha
     loss.backward()
     assert torch.isfinite(out.grad).all() and out.grad[0, :, 0, 1].eq(0).all()
     assert loss.item() == pytest.approx(fn(out.detach(), clean).item())
+
+
+def test_the_normals_activation_equals_f_normalize_forward_and_backward():
+    from mtcp.tasks import get_task
+
+    unit = get_task("normals").activation
+    x = torch.randn(2, 3, 17, 23, dtype=torch.float64)
+    x[0, :, 0, 0] = 1e-9  # below eps: both clamp the norm (to 1e-6)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = torch.nn.functional.normalize(a, dim=1, eps=1e-6)
+    got = unit(b)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(x)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(b.grad[..., 1:, :], a.grad[..., 1:, :], rtol=1e-10, atol=1e-10)
