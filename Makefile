@@ -12,7 +12,7 @@ ARGS    ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help venv fit test test-fast lint format bench sweep agent clean
+.PHONY: help venv fit test test-fast lint format bench sweep agent study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,3 +55,7 @@ agent: venv  ## run a W&B sweep agent: make agent SWEEP_ID=entity/project/id
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache
+
+STUDY ?= configs/studies/paper_claims.yaml
+study: venv  ## run a study (STUDY=configs/studies/....yaml, QUICK=1 for the CI-sized budget); resumes
+	$(PY) -m mtcp.study $(STUDY) $(if $(QUICK),--quick,)

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtcp.data", "mtcp.balancers"),
     ("mtcp.module", "mtcp.callbacks"),
     ("mtcp.bench",),
-    ("mtcp.cli", "mtcp.__main__"),
+    ("mtcp.cli", "mtcp.__main__", "mtcp.study"),
 ]
 #: what the network must never know about
 NOT_FOR_MODELS = ("mtcp.tasks", "mtcp.losses", "mtcp.metrics", "mtcp.data", "mtcp.module", "mtcp.balancers",

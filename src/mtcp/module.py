@@ -10,11 +10,13 @@ output space (``Task.activation``) before losses, metrics and predictions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
@@ -31,6 +33,7 @@ from mtcp.tasks import Task, check_task_names, get_task, headlines
 
 NetworkFactory = Callable[[dict[str, int]], nn.Module]
 OptimizerFactory = Callable[[Iterable], Optimizer]
+
 
 def default_network(task_channels: dict[str, int]) -> nn.Module:
     from mtcp.models import PlainMTL
@@ -66,6 +69,11 @@ class MultiTaskModule(L.LightningModule):
             ``<stage>/coherence/...`` for every registered pair of the model's tasks
             (`mtcp.metrics.coherence.COHERENCE_PAIRS`: depth and normals, needing
             ``meta["intrinsics"]``; semseg and depth).
+        compile: compile the network with ``torch.compile`` (in place, `nn.Module.compile`, so the
+            checkpoint keys are those of the eager network and checkpoints load either way). The
+            first forward of each mode (training, evaluation) compiles; its duration is printed on
+            rank zero and logged once to the logger as ``perf/compile_seconds`` (training) and
+            ``perf/compile_seconds_eval``.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class MultiTaskModule(L.LightningModule):
         single_task_metrics: list[str] | None = None,
         coherence: bool = True,
         loss_overrides: dict[str, str] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +123,13 @@ class MultiTaskModule(L.LightningModule):
         self.coherence_metrics = nn.ModuleDict({
             stage: nn.ModuleDict({p.name: p.make() for p in self.coherence_pairs}) for stage in ("val", "test")
         })
+        self.compile_network = compile
+        self._compile_timed: set[bool] = set()  # the modes (self.training) whose first forward was timed
+
+    def configure_model(self) -> None:
+        """Compile the network in place when ``compile`` is set (once, however often Lightning calls this)."""
+        if self.compile_network and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile()
 
     @property
     def task_names(self) -> list[str]:
@@ -122,7 +138,22 @@ class MultiTaskModule(L.LightningModule):
     def forward(self, image: Tensor) -> Predictions:
         """The network's raw predictions, each mapped to its task's output space (``Task.activation``)."""
         activations = {t.name: t.activation for t in self.tasks}
+        if self.compile_network and self.training not in self._compile_timed:
+            return self._timed_first_forward(image).map(lambda task, y: activations[task](y))
         return self.net(image).map(lambda task, y: activations[task](y))
+
+    def _timed_first_forward(self, image: Tensor) -> Predictions:
+        """The network's first forward in this mode, which compiles it: timed, printed, logged once."""
+        start = time.perf_counter()
+        outputs = self.net(image)
+        seconds = time.perf_counter() - start
+        self._compile_timed.add(self.training)
+        key = "perf/compile_seconds" if self.training else "perf/compile_seconds_eval"
+        rank_zero_info(f"torch.compile: first {'training' if self.training else 'evaluation'} forward "
+                       f"(compiling) took {seconds:.1f} s")
+        if self._trainer is not None and self.logger is not None:
+            self.logger.log_metrics({key: seconds}, step=self.global_step)
+        return outputs
 
     # -- losses --------------------------------------------------------------------------
     def task_losses(self, outputs: Predictions, batch: dict[str, Any]) -> Tensor:

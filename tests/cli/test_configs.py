@@ -15,7 +15,7 @@ from fixtures.pascal import build_pascal
 from mtcp.cli import cli_main
 from mtcp.models.backbone import weights_from_checkpoint
 
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"sweeps", "studies"} & set(p.parts))
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "bench")
 
 
