@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def expand_config_bases(args: list[str]) -> list[str]:
 class MTCPTrainer(Trainer):
     """Lightning's Trainer with one more command, ``bench`` (what ``mtcp bench`` runs)."""
 
+    #: builds the network of a config stacked over this run's configuration (set by `MTCPCLI.before_bench`)
+    build_comparison: Callable[[str], MultiTaskModule] | None = None
+
     def bench(
         self,
         model: MultiTaskModule,
@@ -98,6 +102,7 @@ class MTCPTrainer(Trainer):
         repeats: int = 3,
         skip_train: bool = False,
         threads: int | None = None,
+        compare: list[str] | str | None = None,
     ) -> dict[str, Any]:
         """Throughput, peak memory, parameters and FLOPs of the configured network (`mtcp.bench`).
 
@@ -108,12 +113,22 @@ class MTCPTrainer(Trainer):
             warmup, repeats: untimed and timed steps.
             skip_train: inference only.
             threads: torch CPU threads (1 is steadier on a shared machine).
+            compare: configs, each stacked over this run's configuration (its configs and
+                ``--key=value`` settings) to build a second network, timed alternately with
+                the first in the same run; the ratios (second / first) of images/s and peak
+                memory are printed. One: ``--compare a.yaml``; several: ``--compare [a.yaml,b.yaml]``
+                or ``--compare a.yaml --compare+=b.yaml`` (a second plain ``--compare`` replaces the first).
         """
         from mtcp.bench import run
 
+        others: dict[str, MultiTaskModule] = {}
+        for path in [compare] if isinstance(compare, str) else compare or []:
+            if self.build_comparison is None:
+                raise ValueError("bench.compare: the comparison networks are built by the CLI (mtcp bench --compare)")
+            others[path] = self.build_comparison(path)
         return run(model, self.strategy.root_device, bf16=str(self.precision).startswith("bf16"), height=height,
                    width=width, batch_size=batch_size, warmup=warmup, repeats=repeats, skip_train=skip_train,
-                   threads=threads)
+                   threads=threads, compare=others)
 
 
 class MTCPCLI(LightningCLI):
@@ -182,6 +197,21 @@ class MTCPCLI(LightningCLI):
         init_args = (config.get("data.source") or {}).get("init_args")
         if root is not None and init_args is not None and "root" in init_args:
             init_args.root = root
+
+    def before_bench(self) -> None:
+        """``bench --compare``: the trainer builds each comparison network through `_comparison_model`."""
+        self.trainer.build_comparison = self._comparison_model
+
+    def _comparison_model(self, path: str) -> MultiTaskModule:
+        """The model of this run's ``bench`` configuration with the config ``path`` (and the presets
+        its ``__base__`` names) stacked on top, built like the first: without fetching weights."""
+        parser = self._parser("bench")
+        this_run = parser.dump(self.config["bench"], skip_check=True)  # files and --key=value settings resolved
+        config = parser.parse_args(["--config", this_run, *expand_config_bases(["--config", path])])
+        config[BASE_KEY] = None
+        config.compare = None
+        with weights_from_checkpoint():
+            return parser.instantiate_classes(config).model
 
     def after_validate(self) -> None:
         self._write_metrics("validate")

@@ -128,8 +128,12 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile the network in place when ``compile`` is set (once, however often Lightning calls this)."""
-        if self.compile_network and getattr(self.net, "_compiled_call_impl", None) is None:
+        if self.compile_network and not self._compiled:
             self.net.compile()
+
+    @property
+    def _compiled(self) -> bool:
+        return getattr(self.net, "_compiled_call_impl", None) is not None
 
     @property
     def task_names(self) -> list[str]:
@@ -138,7 +142,7 @@ class MultiTaskModule(L.LightningModule):
     def forward(self, image: Tensor) -> Predictions:
         """The network's raw predictions, each mapped to its task's output space (``Task.activation``)."""
         activations = {t.name: t.activation for t in self.tasks}
-        if self.compile_network and self.training not in self._compile_timed:
+        if self._compiled and self.training not in self._compile_timed:
             return self._timed_first_forward(image).map(lambda task, y: activations[task](y))
         return self.net(image).map(lambda task, y: activations[task](y))
 

@@ -16,6 +16,17 @@ form; ``tests/test_mtcp_network.py`` checks the results agree).
 
 Scale: the authors use none (1.0); with ReLU features the softmax is then nearly
 one-hot and fp32 gradients lose precision, so the default is 1/sqrt(D).
+
+Precision: the attention ``softmax(Q K^T * scale) V`` always runs in (at least) fp32.
+Under ``torch.autocast(..., dtype=torch.bfloat16)`` (or float16) the call would otherwise
+take the lower precision: bf16 keeps 8 bits of mantissa, so logits of size ~100 (the
+unscaled, near one-hot softmax) are off by ~0.5 and the attention weights by tens of
+percent. `spatial_attention` therefore disables autocast locally, casts Q, K, V to fp32
+and casts the result back to V's dtype; the surrounding convolutions stay in the
+autocast dtype. Its cost is fp32 copies of the [B, HW, D] tokens (O(HW), the kernel
+still saves the affinity: the CPU flash kernel and CUDA's memory-efficient kernel take
+fp32). Under CPU bf16 autocast the result equals the fp32 computation to fp32 rounding
+(``tests/models/test_checkpointing.py``).
 """
 
 from __future__ import annotations
@@ -53,8 +64,13 @@ def spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
             f"CFM attention needs equal Q/K/V widths (memory-saving kernel); got "
             f"{q.shape[1]}, {k.shape[1]}, {v.shape[1]}"
         )
-    out = F.scaled_dot_product_attention(_tokens(q), _tokens(k), _tokens(v), scale=scale)
-    return out.squeeze(1).transpose(1, 2).reshape(b, v.shape[1], h, w)
+    dtype = torch.float32
+    for x in (q, k, v):
+        dtype = torch.promote_types(dtype, x.dtype)  # fp32, or fp64 when given fp64
+    with torch.autocast(v.device.type, enabled=False):
+        q, k, v_ = (_tokens(x.to(dtype)) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v_, scale=scale)
+    return out.squeeze(1).transpose(1, 2).reshape(b, v.shape[1], h, w).to(v.dtype)
 
 
 def naive_spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

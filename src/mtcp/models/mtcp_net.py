@@ -18,13 +18,34 @@ Ablations, each keeping every built parameter on the gradient path (DDP with
 - one task: there are no other tasks to be coherent with, so no CFM is built and
   C_t = X_t (as with ``use_cfm=False``); a self-attention stand-in would be a different
   module, not the ablated one.
+
+Activation checkpointing (``checkpointing``): in training (``self.training`` and grad
+enabled) each task's decoder, each CFM call and each trace-back chain can run under
+`torch.utils.checkpoint.checkpoint` (non-reentrant): their inner activations are not
+kept but recomputed during the backward pass. Outputs and gradients are those of the
+plain network (the recomputation is the same computation; the RNG state is restored,
+though no part draws random numbers at the default settings). The recomputation runs
+the parts' BatchNorms in training mode a second time, which would update their running
+statistics (and ``num_batches_tracked``) twice per step (verified: each checkpointed BN
+would count two batches). The recomputation therefore runs with the BN buffers swapped
+for throw-away copies (`frozen_batchnorm_stats`): it normalises with the same batch
+statistics and saves the same tensors, but leaves the real buffers alone, so after a
+step the running statistics equal the plain network's too
+(``tests/models/test_checkpointing.py``). Switching ``track_running_stats`` off instead
+would not do: the BN op then saves fewer tensors and the checkpoint refuses the
+recomputation.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mtcp.models.backbone import TimmBackbone
 from mtcp.models.cfm import CoherenceFusion, resolve_scale
@@ -55,6 +76,50 @@ class MTCPFeatures:
     trace: dict[str, list[Tensor]] | None  #: the SRMs' maps at 1/16, 1/8, 1/4
 
 
+#: the parts activation checkpointing can wrap (``MTCPNet(checkpointing=...)``)
+CHECKPOINT_PARTS = ("task_decoders", "cfm", "trace_back")
+
+
+def resolve_checkpointing(checkpointing: bool | str | list[str] | tuple[str, ...]) -> frozenset[str]:
+    """True -> every part of `CHECKPOINT_PARTS`, False/None -> none, a name or names -> those."""
+    if checkpointing is None or checkpointing is False:
+        return frozenset()
+    if checkpointing is True:
+        return frozenset(CHECKPOINT_PARTS)
+    parts = [checkpointing] if isinstance(checkpointing, str) else list(checkpointing)
+    unknown = [p for p in parts if p not in CHECKPOINT_PARTS]
+    if unknown:
+        raise ValueError(
+            f"model.net.checkpointing: unknown part(s) {unknown}; a bool or names from {list(CHECKPOINT_PARTS)}"
+        )
+    return frozenset(parts)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """The BatchNorms of ``module`` update throw-away copies of their buffers, the originals stay.
+
+    For the recomputation of a checkpointed part: the forward already updated the running
+    statistics once, and in training mode the output does not depend on them. The BNs keep
+    tracking (the recomputation must save the same tensors as the forward); they just write
+    into clones of ``running_mean``, ``running_var`` and ``num_batches_tracked``.
+    """
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    kept = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            kept.append((m, {n: getattr(m, n) for n in names if getattr(m, n, None) is not None}))
+    for m, buffers in kept:
+        for n, b in buffers.items():
+            setattr(m, n, b.clone())
+    try:
+        yield
+    finally:
+        for m, buffers in kept:
+            for n, b in buffers.items():
+                setattr(m, n, b)
+
+
 #: the pixel-decoder levels the query decoder can visit (beyond P at 1/4): 1/8, 1/16, 1/32
 MAX_QUERY_LEVELS = 3
 
@@ -78,6 +143,9 @@ class MTCPNet(nn.Module):
         decoder_heads: attention heads of the task-decoder stages.
         window: Swin window of the task decoders.
         use_query_decoder, use_cfm, use_trace_back: ablation switches (module doc).
+        checkpointing: activation checkpointing in training (module doc): True = every part,
+            or a list of part names from ``"task_decoders"``, ``"cfm"``, ``"trace_back"``;
+            same outputs and gradients in less memory, for one more forward of those parts.
     """
 
     def __init__(
@@ -97,6 +165,7 @@ class MTCPNet(nn.Module):
         use_query_decoder: bool = True,
         use_cfm: bool = True,
         use_trace_back: bool = True,
+        checkpointing: bool | list[str] | tuple[str, ...] = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -111,6 +180,7 @@ class MTCPNet(nn.Module):
         if len(decoder_depths) != 3:
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
+        self.checkpointing = resolve_checkpointing(checkpointing)
         self.task_channels = dict(task_channels)
         self.tasks = list(self.task_channels)
         self.fusion = fusion
@@ -140,6 +210,16 @@ class MTCPNet(nn.Module):
         """Inputs are padded to the backbone's coarsest stride (the Swin stages pad themselves)."""
         return max(self.backbone.feature_info.strides)
 
+    def _run(self, part: str, module: nn.Module, *args: Any) -> Any:
+        """``module(*args)``, under activation checkpointing when ``part`` is checkpointed and training."""
+        if part not in self.checkpointing or not (self.training and torch.is_grad_enabled()):
+            return module(*args)
+
+        def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            return contextlib.nullcontext(), frozen_batchnorm_stats(module)  # (forward, recomputation)
+
+        return checkpoint(module, *args, use_reentrant=False, context_fn=contexts)
+
     def forward_features(self, image: Tensor) -> MTCPFeatures:
         """Every intermediate map for a padded image (`MTCPFeatures`)."""
         feats = self.pixel_decoder(self.backbone(image))
@@ -149,16 +229,18 @@ class MTCPNet(nn.Module):
         if self.query_decoder is not None:
             queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
             shared = fuse(pixels, queries, masks, self.fusion)
-        decoded = {t: self.task_decoders[t](shared) for t in self.tasks}
+        decoded = {t: self._run("task_decoders", self.task_decoders[t], shared) for t in self.tasks}
         own = {t: x for t, (x, _) in decoded.items()}
         stages = {t: s for t, (_, s) in decoded.items()}
         if self.cfm is not None:
-            fused = {t: self.cfm[t](own[t], [own[a] for a in self.tasks if a != t]) for t in self.tasks}
+            fused = {
+                t: self._run("cfm", self.cfm[t], own[t], [own[a] for a in self.tasks if a != t]) for t in self.tasks
+            }
         else:
             fused = dict(own)
         trace = None
         if self.trace_back is not None:
-            trace = {t: self.trace_back[t](fused[t], stages[t]) for t in self.tasks}
+            trace = {t: self._run("trace_back", self.trace_back[t], fused[t], stages[t]) for t in self.tasks}
         return MTCPFeatures(pixels, queries, masks, shared, stages, own, fused, trace)
 
     def forward(self, image: Tensor) -> Predictions:

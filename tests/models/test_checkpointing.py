@@ -1,0 +1,167 @@
+"""Activation checkpointing of the MT-CP parts (same outputs, gradients, BN statistics) and the fp32 CFM softmax."""
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from mtcp.models import MTCPNet, TimmBackbone
+from mtcp.models.cfm import CoherenceFusion, naive_spatial_attention, spatial_attention
+from mtcp.models.mtcp_net import CHECKPOINT_PARTS, resolve_checkpointing
+
+NYUD = {"semseg": 5, "depth": 1, "normals": 3}
+
+
+def tiny(**kwargs) -> MTCPNet:
+    torch.manual_seed(0)
+    kwargs = {"dim": 16, "num_queries": 4, "query_heads": 2, "query_ffn_dim": 32, **kwargs}
+    return MTCPNet(NYUD, TimmBackbone("test_convnext"), **kwargs)
+
+
+def flat(outputs) -> dict[str, torch.Tensor]:
+    levels = {"final": outputs.final, **outputs.auxiliary}
+    return {f"{lv}/{t}": y for lv, preds in levels.items() for t, y in preds.items()}
+
+
+def train_step(net: MTCPNet, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward + backward of a loss that weighs every output (fixed random weights)."""
+    out = flat(net(image))
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((y * torch.randn(y.shape, generator=gen)).mean() for y in out.values())
+    loss.backward()
+    return {k: y.detach() for k, y in out.items()}
+
+
+def calls(net: MTCPNet) -> dict[str, int]:
+    """Counts the calls of the first task's decoder, CFM and trace-back (pre-hooks: a recomputation stops early)."""
+    counts = dict.fromkeys(CHECKPOINT_PARTS, 0)
+    first = net.tasks[0]
+    for part in CHECKPOINT_PARTS:
+        getattr(net, part)[first].register_forward_pre_hook(lambda *_, p=part: counts.__setitem__(p, counts[p] + 1))
+    return counts
+
+
+def test_checkpointing_names_resolve():
+    assert resolve_checkpointing(False) == resolve_checkpointing(None) == frozenset()
+    assert resolve_checkpointing(True) == {"task_decoders", "cfm", "trace_back"}
+    assert resolve_checkpointing(["cfm"]) == resolve_checkpointing("cfm") == {"cfm"}
+    with pytest.raises(ValueError, match="model.net.checkpointing"):
+        tiny(checkpointing=["cfm", "backbone"])
+
+
+@pytest.mark.parametrize("parts", [True, ["cfm"]])
+def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts):
+    image = torch.rand(2, 3, 64, 64)
+    plain, ckpt = tiny().train(), tiny(checkpointing=parts).train()
+    ckpt.load_state_dict(plain.state_dict())
+    counts = calls(ckpt)
+    expected, got = train_step(plain, image), train_step(ckpt, image)
+    checkpointed = resolve_checkpointing(parts)
+    assert counts == {p: 2 if p in checkpointed else 1 for p in CHECKPOINT_PARTS}  # recomputed in backward
+    for name, y in expected.items():
+        torch.testing.assert_close(got[name], y, rtol=1e-6, atol=1e-7, msg=name)
+    grads = dict(plain.named_parameters())
+    for name, p in ckpt.named_parameters():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-6, atol=1e-7, msg=name)
+    # running statistics and num_batches_tracked: updated once, as without checkpointing
+    buffers = dict(plain.named_buffers())
+    for name, b in ckpt.named_buffers():
+        torch.testing.assert_close(b, buffers[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_the_plain_recomputation_would_update_bn_statistics_twice(monkeypatch):
+    """Why the recomputation freezes the BN buffers: without it a checkpointed BN counts two batches."""
+    monkeypatch.setattr("mtcp.models.mtcp_net.frozen_batchnorm_stats", lambda _: contextlib.nullcontext())
+    net = tiny(checkpointing=["cfm"]).train()
+    train_step(net, torch.rand(2, 3, 64, 64))
+    tracked = {n: int(b) for n, b in net.named_buffers() if n.endswith("num_batches_tracked")}
+    assert {n: c for n, c in tracked.items() if n.startswith("cfm.")} and all(
+        c == 2 for n, c in tracked.items() if n.startswith("cfm.")
+    )
+    assert all(c == 1 for n, c in tracked.items() if not n.startswith("cfm."))
+
+
+def test_no_checkpointing_in_eval_or_without_grad():
+    net = tiny(checkpointing=True)
+    counts = calls(net)
+    with torch.no_grad():
+        net.train()(torch.rand(1, 3, 64, 64))
+    net.eval()(torch.rand(1, 3, 64, 64)).final["depth"].sum().backward()
+    assert counts == dict.fromkeys(CHECKPOINT_PARTS, 2)  # two forwards, no recomputation
+
+
+def _bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).float()  # values a bf16 network hands on
+
+
+@pytest.mark.parametrize("scale", [0.25, 1.0])
+def test_cfm_attention_runs_in_fp32_under_bf16_autocast(scale):
+    """Under CPU bf16 autocast the attention equals the fp32 computation (and bf16 would not)."""
+    torch.manual_seed(0)
+    q, k = (_bf16(torch.randn(2, 16, 6, 8).relu() * 3) for _ in range(2))
+    v = _bf16(torch.randn(2, 16, 6, 8))
+    reference = naive_spatial_attention(q.double(), k.double(), v.double(), scale).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = spatial_attention(q, k, v, scale)
+        out_bf16 = spatial_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale)
+        lowered = torch.nn.functional.scaled_dot_product_attention(  # what autocast alone computes
+            *(x.flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for x in (q, k, v)), scale=scale
+        )
+    lowered = lowered.squeeze(1).transpose(1, 2).reshape(v.shape).float()
+    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_bf16.float(), reference, rtol=1e-2, atol=1e-2)  # rounded to bf16 at the end only
+    error, lowered_error = (out - reference).abs().max(), (lowered - reference).abs().max()
+    assert lowered_error > 100 * error, (float(lowered_error), float(error))
+
+
+def test_cfm_module_under_bf16_autocast_is_finite_and_its_attention_fp32(monkeypatch):
+    torch.manual_seed(0)
+    cfm = CoherenceFusion(16, 2, "none").train()
+    own, aux = torch.randn(2, 16, 6, 8), [torch.randn(2, 16, 6, 8) for _ in range(2)]
+    seen = []
+
+    def spy(q, k, v, scale):
+        out = spatial_attention(q, k, v, scale)
+        seen.append((torch.get_autocast_dtype("cpu"), out.dtype, v.dtype))
+        return out
+
+    monkeypatch.setattr("mtcp.models.cfm.spatial_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cfm(own, aux)
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in cfm.parameters())
+    assert seen and seen[0][1] == seen[0][2]  # the result comes back in V's dtype
+
+
+def test_checkpointing_under_bf16_autocast_equals_the_plain_network():
+    image = torch.rand(1, 3, 64, 64)
+    plain, ckpt = tiny().train(), tiny(checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = flat(plain(image)), flat(ckpt(image))
+    sum(y.float().sum() for y in expected.values()).backward()
+    sum(y.float().sum() for y in got.values()).backward()
+    for name, y in expected.items():
+        torch.testing.assert_close(got[name], y, rtol=1e-6, atol=1e-7, msg=name)
+    grads = dict(plain.named_parameters())
+    for name, p in ckpt.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_frozen_batchnorm_stats_keeps_the_buffers():
+    from mtcp.models.mtcp_net import frozen_batchnorm_stats
+
+    bn = nn.BatchNorm2d(3).train()
+    originals = [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    with frozen_batchnorm_stats(nn.Sequential(bn)):
+        bn(torch.randn(2, 3, 4, 4) + 5)
+        assert int(bn.num_batches_tracked) == 1
+    now = [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    assert all(a is b for a, b in zip(now, originals, strict=True))  # the same objects
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros(3))
+    assert torch.equal(bn.running_var, torch.ones(3))
+    assert set(dict(bn.named_buffers())) == {"running_mean", "running_var", "num_batches_tracked"}
