@@ -32,7 +32,7 @@ fit: venv  ## train on the procedural scenes (CONFIG=..., ARGS=...), then report
 	$(PY) -m mtcp validate --config $(CONFIG) $(ARGS) --ckpt_path runs/procedural/checkpoints/last.ckpt
 	$(PY) benchmarks/trivial_baselines.py --config $(CONFIG) --metrics runs/procedural/validate_metrics.json
 
-test: venv  ## run the whole test suite (about 10 minutes on 2 cores)
+test: venv  ## run the whole test suite (about 7 minutes on 2 cores)
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
 test-fast: venv  ## the tests not marked slow
@@ -44,6 +44,9 @@ lint: venv  ## ruff
 format: venv  ## ruff format + fix imports
 	$(PY) -m ruff check --fix --select I src tests benchmarks
 	$(PY) -m ruff format src tests benchmarks
+
+bench: venv  ## MT-CP tiny against the plain baseline, measured alternately in one run (ratios printed)
+	$(PY) -m mtcp bench --config configs/procedural.yaml --compare configs/model/mtcp_tiny.yaml --height 120 --width 160 --batch_size 8 --warmup 2 --repeats 4
 
 SWEEP ?= configs/sweeps/lps_procedural.yaml
 sweep: venv  ## create a W&B sweep from SWEEP=configs/sweeps/....yaml (needs `wandb login`)

@@ -93,6 +93,7 @@ STACKED_OVER = {
     "configs/data/nyud.yaml": PAPER, "configs/data/pascal.yaml": PAPER,
     "configs/data/augment_wide_nyud.yaml": ["configs/nyud.yaml"],
     "configs/data/augment_wide_pascal.yaml": ["configs/pascal.yaml"],
+    "configs/model/checkpointing.yaml": ["configs/procedural.yaml", "configs/model/mtcp_tiny.yaml"],
 }
 #: presets for one subcommand other than fit, which `run=False` cannot build (their recipes are parsed)
 NOT_FOR_FIT = {"configs/predict.yaml"}

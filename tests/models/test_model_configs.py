@@ -14,10 +14,16 @@ from mtcp.models.backbone import weights_from_checkpoint
 MODEL_CONFIGS = sorted((ROOT / "configs/model").glob("*.yaml"))
 
 
+def _stack(path) -> list[str]:
+    """A network config over the embedded default; an option preset (no class_path) over MT-CP tiny too."""
+    under = ["configs/procedural.yaml"] + ([] if "class_path" in path.read_text() else ["configs/model/mtcp_tiny.yaml"])
+    return [a for c in [*(ROOT / u for u in under), path] for a in ("--config", str(c))]
+
+
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=[p.stem for p in MODEL_CONFIGS])
 def test_model_config_builds_and_every_parameter_gets_a_gradient(path):
     with weights_from_checkpoint():  # random weights: no download
-        cli = cli_main(["--config", str(ROOT / "configs/procedural.yaml"), "--config", str(path)], run=False)
+        cli = cli_main(_stack(path), run=False)
     module = cli.model
     batch = random_batch(module.task_channels, 1, 64, 96, torch.device("cpu"))
     module.train()
