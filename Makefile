@@ -12,7 +12,7 @@ ARGS    ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help venv fit test test-fast lint format bench sweep agent study clean
+.PHONY: help venv fit fit-mtcp test test-fast lint format bench sweep agent study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ venv: $(STAMP)  ## create .venv and install mtcp with its dev tools
 fit: venv  ## train on the procedural scenes (CONFIG=..., ARGS=...), then report val metrics vs trivial predictors
 	$(PY) -m mtcp fit --config $(CONFIG) $(ARGS)
 	$(PY) -m mtcp validate --config $(CONFIG) $(ARGS) --ckpt_path runs/procedural/checkpoints/last.ckpt
+	$(PY) benchmarks/trivial_baselines.py --config $(CONFIG) --metrics runs/procedural/validate_metrics.json
+
+fit-mtcp: venv  ## MT-CP tiny with LPS on the procedural scenes (slower than the default: see the README), then validate
+	$(PY) -m mtcp fit --config $(CONFIG) --config configs/model/mtcp_tiny.yaml --config configs/balancer/lps_nyud.yaml $(ARGS)
+	$(PY) -m mtcp validate --config $(CONFIG) --config configs/model/mtcp_tiny.yaml --config configs/balancer/lps_nyud.yaml $(ARGS) --ckpt_path runs/procedural/checkpoints/last.ckpt
 	$(PY) benchmarks/trivial_baselines.py --config $(CONFIG) --metrics runs/procedural/validate_metrics.json
 
 test: venv  ## run the whole test suite (about 7 minutes on 2 cores)
