@@ -103,3 +103,11 @@ def test_every_cited_document_is_in_the_repository():
             if not any((base / name).is_file() for base in (ROOT, ROOT / "docs", path.parent)):
                 missing.add(f"{path.relative_to(ROOT)}: {name}")
     assert not missing, sorted(missing)
+
+
+def test_every_cited_test_file_exists():
+    """README, docs and docstrings point at tests by path; those paths must survive test reorganisations."""
+    files = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("src/**/*.py"), *ROOT.glob("configs/**/*.yaml")]
+    missing = {f"{p.relative_to(ROOT)}: {name}" for p in files
+               for name in re.findall(r"\btests/[\w/]+\.py", p.read_text()) if not (ROOT / name).is_file()}
+    assert not missing, sorted(missing)

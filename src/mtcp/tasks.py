@@ -14,7 +14,7 @@ Adding a task:
 3. optionally a cross-task coherence metric for a pair of tasks
    (`mtcp.metrics.coherence.COHERENCE_PAIRS`).
 
-``tests/test_new_task.py`` adds and trains one this way.
+``tests/training/test_new_task.py`` adds and trains one this way.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ query/key width and contiguous inputs (docs/notes.md, "Attention on the CPU"); o
 it silently materialises the affinity. Q, K and V all have width D here (CBAM and BN
 keep the width), and they are made contiguous [B, 1, HW, D] before the call, so the
 saving kernel runs (``benchmarks/cfm_memory.py`` measures it against the materialised
-form; ``tests/test_mtcp_network.py`` checks the results agree).
+form; ``tests/models/test_mtcp_network.py`` checks the results agree).
 
 Scale: the authors use none (1.0); with ReLU features the softmax is then nearly
 one-hot and fp32 gradients lose precision, so the default is 1/sqrt(D).
