@@ -321,18 +321,19 @@ def pad_first_swin_stage(stage: PaddedSwinStage, x: torch.Tensor) -> torch.Tenso
 
 
 def test_the_timm_swin_parts_padded_swin_stage_uses_exist():
-    """`PaddedSwinStage` re-composes timm's block from (partly private) parts; pinned by timm<1.1.
+    """`PadFirstSwinBlock` overrides timm's private `SwinTransformerBlock._attn`; pinned by timm<1.1.
 
     On a timm bump, this names what moved before any value test fails obscurely.
     """
+    from mtcp.models.swin import PadFirstSwinBlock
+
+    assert list(inspect.signature(SwinTransformerBlock._attn).parameters) == ["self", "x"]
+    assert "self._attn(self.norm1(x))" in inspect.getsource(SwinTransformerBlock.forward)
+    assert "self.downsample(x)" in inspect.getsource(SwinTransformerStage.forward)
     stage = PaddedSwinStage(8, 16, depth=2, heads=2, window=7, downsample=True)
-    assert isinstance(stage.stage, SwinTransformerStage)
-    assert isinstance(stage.stage.downsample, nn.Module)
-    for block in stage.stage.blocks:
-        assert isinstance(block, SwinTransformerBlock)
-        for part in ("norm1", "norm2", "mlp", "drop_path1", "drop_path2"):
-            assert isinstance(getattr(block, part), nn.Module), part
-        assert list(inspect.signature(block._attn).parameters) == ["x"]
+    assert isinstance(stage.stage, SwinTransformerStage) and isinstance(stage.stage.downsample, nn.Module)
+    assert all(type(block) is PadFirstSwinBlock for block in stage.stage.blocks)
+    assert [block.window_size for block in stage.stage.blocks] == [(7, 7), (7, 7)]
     assert [block.shift_size for block in stage.stage.blocks] == [(0, 0), (3, 3)]
 
 
@@ -422,3 +423,29 @@ def test_bad_network_settings_name_the_setting():
         MTCPNet({"semseg": 3, "depth": 1}, TimmBackbone("test_convnext"), dim=30, query_heads=8)
     with pytest.raises(ValueError, match=r"does not accept \['img_size'\].*img_size is for Swin/ViT"):
         TimmBackbone("resnet18", img_size=(64, 64))
+
+
+def _tiny_swin(pad_before_shift: bool) -> "TimmBackbone":
+    from mtcp.models import TimmBackbone
+
+    torch.manual_seed(0)
+    return TimmBackbone("swin_tiny_patch4_window7_224", img_size=(224, 224), pad_before_shift=pad_before_shift,
+                        model_kwargs={"embed_dim": 12, "depths": (2, 2, 2, 2), "num_heads": (1, 1, 1, 1),
+                                      "strict_img_size": False}).eval()
+
+
+def test_swin_backbone_pads_before_the_shift_and_equals_timm_on_window_multiples():
+    from mtcp.models.swin import PadFirstSwinBlock
+
+    padded, plain = _tiny_swin(True), _tiny_swin(False)
+    plain.load_state_dict(padded.state_dict())
+    blocks = [m for m in padded.modules() if isinstance(m, SwinTransformerBlock)]
+    assert len(blocks) == 8 and all(type(b) is PadFirstSwinBlock for b in blocks)
+    assert not any(type(m) is PadFirstSwinBlock for m in plain.modules())
+    # 224x224: maps 56, 28, 14, 7, all window multiples: the same network
+    x = torch.rand(1, 3, 224, 224)
+    for a, b in zip(padded(x), plain(x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # 160x192: maps 40x48, 20x24, 10x12, 5x6, none a multiple of 7: the shifted windows differ
+    x = torch.rand(1, 3, 160, 192)
+    assert not torch.allclose(padded(x)[0], plain(x)[0], atol=1e-3)

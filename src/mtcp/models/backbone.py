@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mtcp.models.outputs import FeatureInfo
+from mtcp.models.swin import pad_before_shift as convert_swin_blocks
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -74,6 +75,9 @@ class TimmBackbone(nn.Module):
         img_size: the training input (H, W), for models with fixed-size position
             embeddings or windows (Swin, ViT); None for convnets.
         model_kwargs: further keyword arguments for ``timm.create_model``.
+        pad_before_shift: Swin models only: pad each block's map to a window multiple before the
+            cyclic shift, as the original Swin and its pretrained weights do (`mtcp.models.swin`);
+            False keeps timm's shift-then-pad. No effect on other models.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class TimmBackbone(nn.Module):
         checkpoint_path: str | None = None,
         img_size: tuple[int, int] | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        pad_before_shift: bool = True,
     ) -> None:
         super().__init__()
         kwargs: dict[str, Any] = dict(model_kwargs or {})
@@ -112,6 +117,8 @@ class TimmBackbone(nn.Module):
                 f"backbone {name!r} does not accept {sorted(kwargs)} (model.net.init_args.backbone.init_args): "
                 f"{err}; img_size is for Swin/ViT models only"
             ) from err
+        if pad_before_shift:
+            convert_swin_blocks(self.body)
         info = self.body.feature_info
         reductions, channels = list(info.reduction()), list(info.channels())
         self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"

@@ -3,28 +3,20 @@
 Stage widths D, 2D, 4D at strides 4, 8, 16 (depths 1, 2, 1; 2 heads; window 7; timm's
 patch merging between stages), docs/method.md section 2. The stages are timm's
 `SwinTransformerStage` (its patch merging, blocks, window attention, MLPs), which work
-on NHWC maps. Any map size: timm pads a map that is not a multiple of the window only
-*after* its cyclic shift, so its shifted-window mask no longer matches where the rolled
-content wraps. Each block's attention here therefore gets its (normalised) input padded
-with zeros to a multiple of the window *before* the shift, as in the original Swin
-(``always_partition`` keeps the window at 7 for small maps, ``dynamic_mask`` builds the
-mask for the padded size), and the result is cropped back; the MLP then runs on the
-real positions only (at 120x160 inputs the 1/16 map, 8x10, pads to 14x14). On maps
-that are multiples of the window this is exactly timm's block (tested).
-
-The block forward is re-composed from the block's parts, including timm's private
-``_attn`` (window attention with the shift), so timm is pinned to ``<1.1`` in
-pyproject.toml and a test checks the parts relied on before a bump.
+on NHWC maps, with every block padding before its cyclic shift (`mtcp.models.swin`), so any
+map size has the original Swin's shifted-window semantics (at 120x160 inputs the 1/16 map, 8x10,
+pads to 14x14 for the attention). ``always_partition`` keeps the window at 7 for small maps and
+``dynamic_mask`` builds the mask for each padded size.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerStage
 from torch import Tensor, nn
 
 from mtcp.models.fpn import FPN
 from mtcp.models.outputs import FeatureInfo
+from mtcp.models.swin import pad_before_shift
 
 
 class PaddedSwinStage(nn.Module):
@@ -44,16 +36,10 @@ class PaddedSwinStage(nn.Module):
             always_partition=True,
             dynamic_mask=True,
         )
+        pad_before_shift(self.stage)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stage.downsample(x)  # patch merging pads odd sizes itself
-        h, w = x.shape[1:3]
-        ph, pw = -h % self.window, -w % self.window
-        for block in self.stage.blocks:  # timm's SwinTransformerBlock.forward, padding the attention only
-            attn_in = F.pad(block.norm1(x), (0, 0, 0, pw, 0, ph)) if ph or pw else block.norm1(x)
-            x = x + block.drop_path1(block._attn(attn_in)[:, :h, :w])
-            x = x + block.drop_path2(block.mlp(block.norm2(x)))
-        return x
+        return self.stage(x)  # patch merging (it pads odd sizes itself), then the pad-first blocks
 
 
 class TaskDecoder(nn.Module):
