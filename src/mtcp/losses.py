@@ -30,9 +30,10 @@ def cross_entropy(output: Tensor, label: Tensor) -> Tensor:
     return masked_mean(per_pixel, label != IGNORE_INDEX)
 
 
-def depth_l1(output: Tensor, label: Tensor) -> Tensor:
-    """Mean absolute depth error (metres) over pixels with a positive label."""
-    valid = label > 0
+def depth_l1(output: Tensor, label: Tensor, max_depth: float | None = None) -> Tensor:
+    """Mean absolute depth error (metres) over pixels with a positive label (below ``max_depth`` if set:
+    the MT-CP authors ignore labels of 6.5535 m and more, ``model.loss_options: {depth: {max_depth: 6.5535}}``)."""
+    valid = label > 0 if max_depth is None else (label > 0) & (label < max_depth)
     return masked_mean((output - torch.where(valid, label, 0.0)).abs(), valid)
 
 

@@ -10,6 +10,8 @@ output space (``Task.activation``) before losses, metrics and predictions.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,6 +51,22 @@ def default_scheduler(optimizer: Optimizer, total_steps: int) -> PolyLR:
     return PolyLR(optimizer, total_steps)
 
 
+def _call_with_options(fn: Callable[..., Any], arg: Any, options: dict[str, Any], setting: str) -> Any:
+    """``fn(arg, **options)``; an option ``fn`` does not take, or a bad value, is named with its setting."""
+    try:
+        return fn(arg, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{setting} {options}: {err}") from None
+
+
+def _with_options(loss: Callable[..., Tensor], options: dict[str, Any], setting: str) -> Callable[..., Tensor]:
+    """The loss with ``options`` bound, checked against its signature now rather than at the first step."""
+    unknown = sorted(set(options) - set(inspect.signature(loss).parameters))
+    if unknown:
+        raise ValueError(f"{setting}: {getattr(loss, '__name__', loss)} takes no option(s) {unknown}")
+    return functools.partial(loss, **options)
+
+
 class MultiTaskModule(L.LightningModule):
     """Train and evaluate a multi-task dense-prediction network.
 
@@ -65,6 +83,10 @@ class MultiTaskModule(L.LightningModule):
             (`mtcp.metrics.delta_m`).
         loss_overrides: another loss for some tasks, by name from `mtcp.losses.LOSSES`,
             e.g. ``{normals: normals_mse}`` (the authors' normals loss); default: the task's own.
+        loss_options: keyword arguments of a task's loss, e.g. ``{depth: {max_depth: 6.5535}}``
+            (the authors ignore far depth labels).
+        metric_options: keyword arguments of a task's metric, e.g. ``{depth: {max_depth: 6.5535}}``
+            or ``{sal: {empty_convention: one}}``.
         coherence: log the cross-task coherence metrics (`mtcp.metrics.coherence`) as
             ``<stage>/coherence/...`` for every registered pair of the model's tasks
             (`mtcp.metrics.coherence.COHERENCE_PAIRS`: depth and normals, needing
@@ -86,6 +108,8 @@ class MultiTaskModule(L.LightningModule):
         single_task_metrics: list[str] | None = None,
         coherence: bool = True,
         loss_overrides: dict[str, str] | None = None,
+        loss_options: dict[str, dict[str, Any]] | None = None,
+        metric_options: dict[str, dict[str, Any]] | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -104,13 +128,21 @@ class MultiTaskModule(L.LightningModule):
                     f"model.loss_overrides.{name}: unknown loss {loss!r}; known losses are {sorted(LOSSES)}"
                 )
             self.loss_fns[name] = LOSSES[loss]
+        for setting, options in (("loss_options", loss_options), ("metric_options", metric_options)):
+            unknown = sorted(set(options or {}) - set(self.task_names))
+            if unknown:
+                raise ValueError(f"model.{setting}: {unknown} not task(s) of this model ({self.task_names})")
+        for name, options in (loss_options or {}).items():
+            self.loss_fns[name] = _with_options(self.loss_fns[name], options, f"model.loss_options.{name}")
         self.net = net(self.task_channels)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.deep_supervision_weight = deep_supervision_weight
         self.metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({t.name: t.make_metric(c) for t, c in zip(self.tasks, task_channels.values(),
-                                                                             strict=True)})
+            stage: nn.ModuleDict({
+                t.name: _call_with_options(t.make_metric, c, (metric_options or {}).get(t.name, {}),
+                                           f"model.metric_options.{t.name}")
+                for t, c in zip(self.tasks, task_channels.values(), strict=True)})
             for stage in ("val", "test")
         })
         self.eval_losses = nn.ModuleDict({

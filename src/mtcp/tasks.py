@@ -63,7 +63,7 @@ class Task:
     name: str
     channels: int | None
     loss: Callable[[Tensor, Tensor], Tensor]
-    make_metric: Callable[[int], Metric]
+    make_metric: Callable[..., Metric]  # (channels, **options from model.metric_options)
     headline: str
     higher_is_better: bool
     label: LabelKind
@@ -98,14 +98,14 @@ def register(task: Task) -> Task:
 
 
 for _task in (
-    Task("semseg", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True, **_CLASS),
-    Task("human_parts", None, losses.cross_entropy, lambda c: SegmentationMetrics(c), "miou", True, **_CLASS),
-    Task("depth", 1, losses.depth_l1, lambda c: DepthMetrics(), "rmse", False, PositiveScalar(),
+    Task("semseg", None, losses.cross_entropy, lambda c, **o: SegmentationMetrics(c, **o), "miou", True, **_CLASS),
+    Task("human_parts", None, losses.cross_entropy, lambda c, **o: SegmentationMetrics(c, **o), "miou", True, **_CLASS),
+    Task("depth", 1, losses.depth_l1, lambda c, **o: DepthMetrics(**o), "rmse", False, PositiveScalar(),
          visualize.depth_picture, writers.scalar_npy, _positive),
-    Task("normals", 3, losses.normals_l1, lambda c: NormalsMetrics(), "mean", False, UnitVector(),
+    Task("normals", 3, losses.normals_l1, lambda c, **o: NormalsMetrics(**o), "mean", False, UnitVector(),
          visualize.normals_picture, writers.unit_vector_npy, _unit),
-    Task("sal", 1, losses.balanced_bce, lambda c: SaliencyMetrics(), "maxf", True, **_BINARY),
-    Task("edge", 1, losses.weighted_bce, lambda c: EdgeMetrics(), "odsf", True, **_BINARY),
+    Task("sal", 1, losses.balanced_bce, lambda c, **o: SaliencyMetrics(**o), "maxf", True, **_BINARY),
+    Task("edge", 1, losses.weighted_bce, lambda c, **o: EdgeMetrics(**o), "odsf", True, **_BINARY),
 ):
     register(_task)
 

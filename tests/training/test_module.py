@@ -109,3 +109,25 @@ def test_non_finite_loss_stops_the_step_naming_the_task_and_sample():
     with pytest.raises(FloatingPointError, match=r"\['depth'\] at step 7 \(rank 0: task\(s\) \['depth'\], "
                                                  r"batch ids \['s0', 's1'\]\)"):
         balancer.on_before_optimizer_step(trainer, module, None)
+
+
+def test_loss_and_metric_options_cap_depth_as_the_authors_do():
+    module = MultiTaskModule(TASKS, net=tiny_net, loss_options={"depth": {"max_depth": 2.0}},
+                             metric_options={"depth": {"max_depth": 2.0}})
+    batch = make_batch(b=1, h=2, w=2)
+    batch["depth"] = torch.tensor([[[[1.0, 3.0], [1.5, 0.0]]]])  # 3.0 is beyond the cap, 0 is invalid
+    pred = torch.tensor([[[[1.5, 1.0], [1.0, 9.0]]]])
+    out = {"final": {"semseg": torch.zeros(1, 5, 2, 2), "depth": pred, "normals": batch["normals"]}}
+    from mtcp.models.outputs import Predictions
+
+    # L1 over the two labels below 2 m: (|1.5 - 1| + |1 - 1.5|) / 2 = 0.5 (with the 3 m label: (0.5+2+0.5)/3 = 1)
+    assert module.task_losses(Predictions(out["final"], {}), batch)[1].item() == pytest.approx(0.5)
+    metric = module.metrics["val"]["depth"]
+    metric.update(pred, batch["depth"])
+    assert metric.compute()["rmse"].item() == pytest.approx(0.5)  # sqrt((0.25 + 0.25) / 2)
+    with pytest.raises(ValueError, match=r"model.loss_options.depth: depth_l1 takes no option\(s\) \['max_dist'\]"):
+        MultiTaskModule(TASKS, net=tiny_net, loss_options={"depth": {"max_dist": 2.0}})
+    with pytest.raises(ValueError, match=r"model.metric_options.depth .*max_dist"):
+        MultiTaskModule(TASKS, net=tiny_net, metric_options={"depth": {"max_dist": 2.0}})
+    with pytest.raises(ValueError, match=r"model.metric_options: \['sal'\] not task\(s\) of this model"):
+        MultiTaskModule(TASKS, net=tiny_net, metric_options={"sal": {"empty_convention": "one"}})

@@ -34,8 +34,12 @@ class DepthMetrics(Metric):
     sum_abs_rel: Tensor
     n_delta1: Tensor
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, max_depth: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        if max_depth is not None and not max_depth > 0:
+            raise ValueError(f"depth metric max_depth must be > 0 or None; got {max_depth}")
+        #: labels at or beyond it are not scored (the MT-CP authors' 6.5535 m); None scores every positive label
+        self.max_depth = max_depth
         self.add_state("n", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("sum_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sum_log_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -48,7 +52,7 @@ class DepthMetrics(Metric):
             label = label.unsqueeze(1)
         check_batch(output, label, label_dims=4)
         pred = resize_to_label(output, label.shape[-2:])
-        valid = label > 0
+        valid = label > 0 if self.max_depth is None else (label > 0) & (label < self.max_depth)
         p = pred[valid].double()
         g = label[valid].double()
         p_clamped = p.clamp_min(MIN_DEPTH)
