@@ -210,6 +210,12 @@ def markdown(summary: dict[str, Any]) -> str:
         dm = row.get("delta_m")
         cells.append("—" if dm is None else f"{dm[0]:+.2f} ± {dm[1]:.2f}")
         out.append("| " + " | ".join(cells) + " |")
+    finished = summary.get("finished", {})
+    missing = {run: len(summary["seeds"]) - len(seeds) for run, seeds in finished.items() if
+               len(seeds) < len(summary["seeds"])}
+    if missing:
+        out += ["", "Not finished yet (seeds missing): " + ", ".join(f"{r} ({n})" for r, n in missing.items())
+                + ". The study resumes: run it again."]
     return "\n".join(out) + "\n"
 
 
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default=None, help="RUN or RUN:SEED: run that job only (one sweep/agent job)")
     parser.add_argument("--out", default=None, help="output folder (default runs/studies/<name>[-quick])")
     parser.add_argument("--sweep", action="store_true", help="print the W&B sweep of the study's jobs and stop")
+    parser.add_argument("--collect", action="store_true", help="run nothing: report the runs finished so far")
     args = parser.parse_args(argv)
     study = Study.load(args.study)
     if args.sweep:
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not jobs:
             raise SystemExit(f"--only {args.only!r}: no such run; runs are {[r.name for r in study.runs]}, "
                              f"seeds {list(study.seeds)}")
+    if args.collect:
+        jobs = []
     start = time.monotonic()
     for i, (run, seed) in enumerate(jobs, 1):
         took = run_one(study, run, seed, out, args.quick)
@@ -302,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     summary = collect(study, out)
     summary["wall_seconds_this_call"] = time.monotonic() - start
+    summary["finished"] = {r.name: [s for s in study.seeds if (run_dir(out, r, s) / "test_metrics.json").is_file()]
+                           for r in study.runs}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
     (out / "results.md").write_text(table)

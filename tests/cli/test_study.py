@@ -107,3 +107,5 @@ runs:
     again = main([str(study_file), "--out", str(out)])
     assert capsys.readouterr().out.count("done before") == 6
     assert list(again["runs"]["both"]["delta_m"]) == [mean, std]
+    collected = main([str(study_file), "--out", str(out), "--collect"])  # reports without running
+    assert collected["finished"] == {"single_semseg": [0, 1], "single_depth": [0, 1], "both": [0, 1]}
