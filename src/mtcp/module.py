@@ -174,9 +174,9 @@ class MultiTaskModule(L.LightningModule):
     def forward(self, image: Tensor) -> Predictions:
         """The network's raw predictions, each mapped to its task's output space (``Task.activation``)."""
         activations = {t.name: t.activation for t in self.tasks}
-        if self._compiled and self.training not in self._compile_timed:
-            return self._timed_first_forward(image).map(lambda task, y: activations[task](y))
-        return self.net(image).map(lambda task, y: activations[task](y))
+        first_compiled = self._compiled and self.training not in self._compile_timed
+        raw = self._timed_first_forward(image) if first_compiled else self.net(image)
+        return raw.map(lambda task, y: activations[task](y))
 
     def _timed_first_forward(self, image: Tensor) -> Predictions:
         """The network's first forward in this mode, which compiles it: timed, printed, logged once."""
