@@ -54,6 +54,7 @@ class StudyRun:
     configs: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     single_task: str | None = None  # this run is the single-task reference of that task
+    seeds: tuple[int, ...] | None = None  # None: the study's seeds (e.g. one seed for a setting being tuned)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Study:
     seeds: tuple[int, ...]
     runs: tuple[StudyRun, ...]
     quick: tuple[str, ...] = field(default=())
+
+    def seeds_of(self, run: StudyRun) -> tuple[int, ...]:
+        return self.seeds if run.seeds is None else run.seeds
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -87,14 +91,20 @@ class Study:
         runs = []
         for i, entry in enumerate(data.get("runs") or []):
             if not isinstance(entry, dict) or "name" not in entry:
-                raise ValueError(f"{where}: runs[{i}] needs a name (and optional configs, overrides, single_task)")
-            extra = set(entry) - {"name", "configs", "overrides", "single_task"}
+                raise ValueError(f"{where}: runs[{i}] needs a name (and optional configs, overrides, single_task, "
+                                 "seeds)")
+            extra = set(entry) - {"name", "configs", "overrides", "single_task", "seeds"}
             if extra:
                 raise ValueError(f"{where}: runs[{i}] ({entry['name']}) has unknown keys {sorted(extra)}")
             configs = tuple(resolve(c, f"run {entry['name']!r}") for c in entry.get("configs") or ())
+            run_seeds = entry.get("seeds")
+            if run_seeds is not None and (not isinstance(run_seeds, list) or not run_seeds):
+                raise ValueError(f"{where}: runs[{i}].seeds ({entry['name']}) must be a non-empty list of seeds; "
+                                 f"got {run_seeds!r}")
             runs.append(StudyRun(str(entry["name"]), configs,
                                  _overrides(entry.get("overrides"), f"{where}: runs[{i}].overrides"),
-                                 entry.get("single_task")))
+                                 entry.get("single_task"),
+                                 None if run_seeds is None else tuple(int(s) for s in run_seeds)))
         if not runs:
             raise ValueError(f"{where}: no runs")
         names = [r.name for r in runs]
@@ -161,19 +171,43 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def collect(study: Study, out: Path) -> dict[str, Any]:
-    """Every finished run's metrics, the per-run means and stds, and Delta_m against the single-task runs."""
-    per_run: dict[str, list[dict[str, float]]] = {}
-    for run in study.runs:
-        files = [run_dir(out, run, s) / "test_metrics.json" for s in study.seeds]
-        per_run[run.name] = [json.loads(f.read_text()) for f in files if f.is_file()]
-    # single-task references: mean over seeds of each single-task run's headline metric
+def final_val_metrics(run_directory: Path) -> dict[str, float]:
+    """The ``val/`` metrics of the fit's last epoch (those of ``last.ckpt``), from its CSV log."""
+    for path in sorted(run_directory.glob("logs/version_*/metrics.csv"),
+                       key=lambda p: int(p.parent.name.removeprefix("version_")), reverse=True):
+        with path.open() as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("val/loss")]
+        if rows:
+            return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+    return {}
+
+
+def _references(study: Study, per_run: dict[str, list[dict[str, float]]], split: str) -> dict[str, float]:
+    """Single-task references: the mean over seeds of each single-task run's headline metric."""
     references: dict[str, float] = {}
     for run in study.runs:
         if run.single_task and per_run[run.name]:
             (line,) = headlines([run.single_task])
-            key = f"test/{line.key}"
-            references[key] = _mean_std([m[key] for m in per_run[run.name]])[0]
+            key = f"{split}/{line.key}"
+            if all(key in m for m in per_run[run.name]):
+                references[key] = _mean_std([m[key] for m in per_run[run.name]])[0]
+    return references
+
+
+def collect(study: Study, out: Path) -> dict[str, Any]:
+    """Every finished run's metrics, the per-run means and stds, and Delta_m against the single-task runs.
+
+    Delta_m is computed on the test split (for reporting) and on the val split (for choosing a
+    setting such as LPS's kappa without looking at the test split)."""
+    per_run: dict[str, list[dict[str, float]]] = {}
+    per_run_val: dict[str, list[dict[str, float]]] = {}
+    for run in study.runs:
+        dirs = [run_dir(out, run, s) for s in study.seeds_of(run)]
+        done = [d for d in dirs if (d / "test_metrics.json").is_file()]
+        per_run[run.name] = [json.loads((d / "test_metrics.json").read_text()) for d in done]
+        per_run_val[run.name] = [final_val_metrics(d) for d in done]
+    references = _references(study, per_run, "test")
+    val_references = _references(study, per_run_val, "val")
     summary: dict[str, Any] = {"study": study.name, "seeds": list(study.seeds), "runs": {}}
     for run in study.runs:
         seeds = per_run[run.name]
@@ -181,13 +215,16 @@ def collect(study: Study, out: Path) -> dict[str, Any]:
             continue
         tasks = [k[len("test/loss_"):] for k in seeds[0] if k.startswith("test/loss_")]
         keys = sorted({k for m in seeds for k in m if k.startswith("test/")})
-        row: dict[str, Any] = {"seeds": seeds, "tasks": tasks,
+        row: dict[str, Any] = {"seeds": seeds, "seed_ids": list(study.seeds_of(run))[:len(seeds)], "tasks": tasks,
                                "mean": {k: _mean_std([m.get(k, math.nan) for m in seeds])[0] for k in keys},
                                "std": {k: _mean_std([m.get(k, math.nan) for m in seeds])[1] for k in keys}}
         lines = headlines(tasks)
         if len(tasks) > 1 and all(f"test/{h.key}" in references for h in lines):
-            values = [delta_m(m, references, lines, "test") for m in seeds]
-            row["delta_m"] = _mean_std(values)
+            row["delta_m"] = _mean_std([delta_m(m, references, lines, "test") for m in seeds])
+        val_seeds = per_run_val[run.name]
+        if len(tasks) > 1 and all(f"val/{h.key}" in val_references and f"val/{h.key}" in m
+                                  for h in lines for m in val_seeds):
+            row["val_delta_m"] = _mean_std([delta_m(m, val_references, lines, "val") for m in val_seeds])
         summary["runs"][run.name] = row
     return summary
 
@@ -199,20 +236,22 @@ def markdown(summary: dict[str, Any]) -> str:
     lines_by_task = {h.task: h for h in headlines(tasks)}
     coherence = sorted({k for row in runs.values() for k in row["mean"] if k.startswith("test/coherence/")})
     header = ["run", *(f"{t} {h.metric} {'↑' if h.higher_is_better else '↓'}" for t, h in lines_by_task.items()),
-              *(k.removeprefix("test/coherence/") for k in coherence), "Δm (%) ↑"]
-    out = [f"Study `{summary['study']}`, seeds {summary['seeds']}: mean ± std over seeds (test split).", "",
+              *(k.removeprefix("test/coherence/") for k in coherence), "Δm (%) ↑", "val Δm (%) ↑", "seeds"]
+    out = [f"Study `{summary['study']}`, seeds {summary['seeds']}: mean ± std over seeds, test split; "
+           "val Δm (last epoch, val split) is the column to choose settings by.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in runs.items():
         cells = [name]
         for key in [f"test/{h.key}" for h in lines_by_task.values()] + coherence:
             m, s = row["mean"].get(key, math.nan), row["std"].get(key, math.nan)
             cells.append("—" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}")
-        dm = row.get("delta_m")
-        cells.append("—" if dm is None else f"{dm[0]:+.2f} ± {dm[1]:.2f}")
+        for dm in (row.get("delta_m"), row.get("val_delta_m")):
+            cells.append("—" if dm is None else f"{dm[0]:+.2f} ± {dm[1]:.2f}")
+        cells.append(",".join(str(s) for s in row["seed_ids"]))
         out.append("| " + " | ".join(cells) + " |")
     finished = summary.get("finished", {})
-    missing = {run: len(summary["seeds"]) - len(seeds) for run, seeds in finished.items() if
-               len(seeds) < len(summary["seeds"])}
+    missing = {run: len(expected) - len(seeds) for run, (seeds, expected) in finished.items()
+               if len(seeds) < len(expected)}
     if missing:
         out += ["", "Not finished yet (seeds missing): " + ", ".join(f"{r} ({n})" for r, n in missing.items())
                 + ". The study resumes: run it again."]
@@ -243,7 +282,7 @@ def picture(study: Study, summary: dict[str, Any], out: Path, path: Path) -> Non
     moving = {}
     for run in study.runs:
         if run.name in runs:
-            history = _weights_history(run_dir(out, run, study.seeds[0]))
+            history = _weights_history(run_dir(out, run, study.seeds_of(run)[0]))
             if any(len(set(v)) > 1 for v in history.values()):
                 moving[run.name] = history
     cols = len(tasks) + (1 if moving else 0)
@@ -259,7 +298,7 @@ def picture(study: Study, summary: dict[str, Any], out: Path, path: Path) -> Non
         for name, history in moving.items():
             for task, values in history.items():
                 ax.plot(values, label=f"{name}: {task}", linewidth=1)
-        ax.set_title(f"task weights (seed {study.seeds[0]})")
+        ax.set_title("task weights (first seed)")
         ax.set_xlabel("logged step")
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -269,7 +308,7 @@ def picture(study: Study, summary: dict[str, Any], out: Path, path: Path) -> Non
 
 def sweep_config(study: Study, study_file: str, quick: bool) -> dict[str, Any]:
     """A W&B grid sweep whose jobs are the study's (run, seed) pairs, each ``--only RUN:SEED``."""
-    jobs = [f"{r.name}:{s}" for r in study.runs for s in study.seeds]
+    jobs = [f"{r.name}:{s}" for r in study.runs for s in study.seeds_of(r)]
     return {
         "name": f"study-{study.name}",
         "method": "grid",
@@ -294,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(yaml.safe_dump(config, sort_keys=False), end="")
         return config
     out = Path(args.out or f"runs/studies/{study.name}{'-quick' if args.quick else ''}")
-    jobs = [(r, s) for r in study.runs for s in study.seeds]
+    jobs = [(r, s) for r in study.runs for s in study.seeds_of(r)]
     if args.only:
         name, _, seed = args.only.partition(":")
         jobs = [(r, s) for r, s in jobs if r.name == name and (not seed or s == int(seed))]
@@ -311,8 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     summary = collect(study, out)
     summary["wall_seconds_this_call"] = time.monotonic() - start
-    summary["finished"] = {r.name: [s for s in study.seeds if (run_dir(out, r, s) / "test_metrics.json").is_file()]
-                           for r in study.runs}
+    summary["finished"] = {r.name: ([s for s in study.seeds_of(r) if (run_dir(out, r, s) / "test_metrics.json").is_file()],
+                                    list(study.seeds_of(r))) for r in study.runs}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
     (out / "results.md").write_text(table)

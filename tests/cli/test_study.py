@@ -3,6 +3,7 @@ CLI, resumes without re-running, and reports Delta_m exactly as the per-run metr
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 
@@ -20,7 +21,10 @@ def test_the_paper_study_names_every_claim_and_each_run_parses(tmp_path, capsys)
     names = {r.name for r in study.runs}
     assert {"single_semseg", "single_depth", "single_normals", "plain_mtl", "mtcp", "mtcp_no_cfm",
             "mtcp_no_trace_back", "mtcp_no_query_decoder", "mtcp_fixed", "mtcp_dwa", "mtcp_uncertainty",
-            "mtcp_famo", "mtcp_lps"} == names and len(study.seeds) >= 2
+            "mtcp_famo", "mtcp_lps"} <= names and len(study.seeds) >= 2
+    kappas = {r.name: r for r in study.runs if r.name.startswith("mtcp_lps_kappa")}
+    assert len(kappas) >= 2 and all(any(o.startswith("--balancer.init_args.spread=") for o in r.overrides)
+                                    for r in kappas.values())
     assert {r.single_task for r in study.runs if r.single_task} == {"semseg", "depth", "normals"}
     for run in study.runs:
         args = command(study, run, study.seeds[0], tmp_path, "fit", quick=True)[3:]  # without python -m mtcp
@@ -39,8 +43,18 @@ def test_the_study_sweep_dispatches_every_run_and_seed_once(capsys):
     assert sweeps.schema_violations_from_proposed_config(config) == []
     study = Study.load(PAPER)
     assert sorted(config["parameters"]["only"]["values"]) == sorted(
-        f"{r.name}:{s}" for r in study.runs for s in study.seeds)
+        f"{r.name}:{s}" for r in study.runs for s in study.seeds_of(r))
     assert config["command"][1:4] == [".venv/bin/python", "-m", "mtcp.study"] and config["command"][-1] == "${args}"
+
+
+def test_a_run_may_use_its_own_seeds(tmp_path, capsys):
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text("seeds: [0, 1]\nruns: [{name: a}, {name: tuned, seeds: [3]}]\n")
+    config = main([str(study_file), "--sweep"])
+    assert config["parameters"]["only"]["values"] == ["a:0", "a:1", "tuned:3"]
+    study_file.write_text("runs: [{name: a, seeds: 3}]\n")
+    with pytest.raises(ValueError, match=r"runs\[0\]\.seeds \(a\) must be a non-empty list"):
+        Study.load(study_file)
 
 
 def test_bad_study_files_name_the_problem(tmp_path):
@@ -93,10 +107,21 @@ runs:
     assert mean == pytest.approx(statistics.fmean(by_seed), abs=1e-9)
     assert std == pytest.approx(statistics.stdev(by_seed), abs=1e-9)
     assert "delta_m" not in summary["runs"]["single_semseg"]
+    # val Delta_m: the same arithmetic on each run's last logged val row (what last.ckpt scores on val)
+    def last_val(run, s):
+        rows = [r for r in csv.DictReader((out / run / f"seed{s}" / "logs/version_0/metrics.csv").open())
+                if r["val/loss"]]
+        return rows[-1]
+    v_miou = statistics.fmean(float(last_val("single_semseg", s)["val/semseg/miou"]) for s in (0, 1))
+    v_rmse = statistics.fmean(float(last_val("single_depth", s)["val/depth/rmse"]) for s in (0, 1))
+    val_by_seed = [((float(last_val("both", s)["val/semseg/miou"]) - v_miou) / v_miou
+                    - (float(last_val("both", s)["val/depth/rmse"]) - v_rmse) / v_rmse) * 100 / 2 for s in (0, 1)]
+    assert summary["runs"]["both"]["val_delta_m"][0] == pytest.approx(statistics.fmean(val_by_seed), abs=1e-9)
+    assert summary["runs"]["both"]["val_delta_m"][0] != pytest.approx(mean, abs=1e-6)  # a different split
     table = (out / "results.md").read_text().splitlines()
     header = [c.strip() for c in table[2].strip("|").split("|")]
     assert header[0] == "run" and header[1].startswith("semseg miou") and header[2].startswith("depth rmse")
-    assert header[-1].startswith("Δm")
+    assert header[-3].startswith("Δm") and header[-2].startswith("val Δm") and header[-1] == "seeds"
     rows = {line.split("|")[1].strip(): line for line in table[4:] if line.startswith("|")}
     assert set(rows) == {"single_semseg", "single_depth", "both"}
     assert f"{mean:+.2f} ± {std:.2f}" in rows["both"]
@@ -108,4 +133,5 @@ runs:
     assert capsys.readouterr().out.count("done before") == 6
     assert list(again["runs"]["both"]["delta_m"]) == [mean, std]
     collected = main([str(study_file), "--out", str(out), "--collect"])  # reports without running
-    assert collected["finished"] == {"single_semseg": [0, 1], "single_depth": [0, 1], "both": [0, 1]}
+    assert collected["finished"] == {"single_semseg": [[0, 1], [0, 1]], "single_depth": [[0, 1], [0, 1]],
+                                     "both": [[0, 1], [0, 1]]}
