@@ -53,10 +53,18 @@ def normals_l1(output: Tensor, label: Tensor) -> Tensor:
     return masked_mean((output - label).abs().sum(dim=1), valid)
 
 
-def normals_mse(output: Tensor, label: Tensor) -> Tensor:
-    """The authors' variant: mean squared error between unit normals over valid pixels."""
+def normals_mse(output: Tensor, label: Tensor, per: str = "pixel") -> Tensor:
+    """Squared error between unit normals over valid pixels.
+
+    ``per="pixel"``: the squared distance summed over xyz, averaged over valid pixels (the
+    scale of `normals_l1`). ``per="element"``: averaged over the valid pixels' three components,
+    i.e. a third of it, the MT-CP authors' form (``model.loss_options: {normals: {per: element}}``).
+    """
+    if per not in ("pixel", "element"):
+        raise ValueError(f"model.loss_options.normals.per: 'pixel' or 'element'; got {per!r}")
     valid, label = _valid_normals(label)
-    return masked_mean((output - label).pow(2).sum(dim=1), valid)
+    per_pixel = (output - label).pow(2).sum(dim=1)
+    return masked_mean(per_pixel / 3 if per == "element" else per_pixel, valid)
 
 
 def balanced_bce(output: Tensor, label: Tensor, min_fraction: float = 0.05) -> Tensor:

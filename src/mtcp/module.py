@@ -87,6 +87,8 @@ class MultiTaskModule(L.LightningModule):
             (the authors ignore far depth labels).
         metric_options: keyword arguments of a task's metric, e.g. ``{depth: {max_depth: 6.5535}}``
             or ``{sal: {empty_convention: one}}``.
+        delta_m_headlines: another headline metric in Delta_m for some tasks, e.g. the MT-CP
+            authors' ``{sal: {metric: max_miou, higher_is_better: true}}`` (`mtcp.tasks.headlines`).
         coherence: log the cross-task coherence metrics (`mtcp.metrics.coherence`) as
             ``<stage>/coherence/...`` for every registered pair of the model's tasks
             (`mtcp.metrics.coherence.COHERENCE_PAIRS`: depth and normals, needing
@@ -110,6 +112,7 @@ class MultiTaskModule(L.LightningModule):
         loss_overrides: dict[str, str] | None = None,
         loss_options: dict[str, dict[str, Any]] | None = None,
         metric_options: dict[str, dict[str, Any]] | None = None,
+        delta_m_headlines: dict[str, dict[str, Any]] | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -148,9 +151,10 @@ class MultiTaskModule(L.LightningModule):
         self.eval_losses = nn.ModuleDict({
             stage: nn.ModuleDict({t.name: MeanMetric() for t in self.tasks}) for stage in ("val", "test")
         })
+        self.headlines = headlines(self.task_names, delta_m_headlines)
         # loaded now, so that a missing or incomplete reference file fails before training
         self.single_task_metrics = (
-            load_single_task_metrics(single_task_metrics, headlines(self.task_names)) if single_task_metrics else None)
+            load_single_task_metrics(single_task_metrics, self.headlines) if single_task_metrics else None)
         self.coherence_pairs = coherence_pairs(self.task_names) if coherence else []
         self.coherence_metrics = nn.ModuleDict({
             stage: nn.ModuleDict({p.name: p.make() for p in self.coherence_pairs}) for stage in ("val", "test")
@@ -243,14 +247,14 @@ class MultiTaskModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         total = 0.0
-        headline: dict[str, float] = {}
+        computed: dict[str, float] = {}
         for task in self.tasks:
             loss = self.eval_losses[stage][task.name].compute()
             total = total + loss
             self.log(f"{stage}/loss_{task.name}", loss)
             values = self.metrics[stage][task.name].compute()
             self.log_dict({f"{stage}/{task.name}/{k}": v for k, v in values.items()})
-            headline[f"{stage}/{task.name}/{task.headline}"] = float(values[task.headline])
+            computed.update({f"{stage}/{task.name}/{k}": float(v) for k, v in values.items()})  # for Delta_m
             self.metrics[stage][task.name].reset()
             self.eval_losses[stage][task.name].reset()
         self.log(f"{stage}/loss", total, prog_bar=stage == "val")
@@ -259,7 +263,7 @@ class MultiTaskModule(L.LightningModule):
             self.log_dict({f"{stage}/coherence/{k}": v for k, v in values.items() if bool(torch.isfinite(v))})
             metric.reset()
         if self.single_task_metrics is not None:
-            self.log(f"{stage}/delta_m", delta_m(headline, self.single_task_metrics, headlines(self.task_names), stage))
+            self.log(f"{stage}/delta_m", delta_m(computed, self.single_task_metrics, self.headlines, stage))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,9 +119,28 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
 
 
-def headlines(names: Sequence[str]) -> list[Headline]:
-    """The tasks' headline metrics and directions, for `mtcp.metrics.delta_m`."""
-    return [Headline(t.name, t.headline, t.higher_is_better) for t in map(get_task, names)]
+def headlines(names: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[Headline]:
+    """The tasks' headline metrics and directions, for `mtcp.metrics.delta_m`.
+
+    ``overrides``: another headline for some tasks, ``{task: {metric: ..., higher_is_better: ...}}``
+    (``model.delta_m_headlines``; e.g. the MT-CP authors' Delta_m reads saliency's ``max_miou``
+    where the ATRC/InvPT protocol reads ``maxf``).
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"model.delta_m_headlines: {unknown} not task(s) of this model ({list(names)})")
+    result = []
+    for task in map(get_task, names):
+        line = Headline(task.name, task.headline, task.higher_is_better)
+        if task.name in overrides:
+            given = dict(overrides[task.name])
+            if set(given) != {"metric", "higher_is_better"}:
+                raise ValueError(f"model.delta_m_headlines.{task.name}: give exactly metric and higher_is_better; "
+                                 f"got {sorted(given)}")
+            line = Headline(task.name, str(given["metric"]), bool(given["higher_is_better"]))
+        result.append(line)
+    return result
 
 
 def colorize(task: str, value: Tensor, num_classes: int = 0, is_label: bool = False,

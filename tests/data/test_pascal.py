@@ -44,13 +44,33 @@ def test_every_label_decodes_to_the_fixture_values(tmp_path):
             assert sample["meta"]["size"].tolist() == [h, w]
             assert sample["meta"]["intrinsics"].tolist() == [max(h, w), max(h, w), w / 2, h / 2]
             parts = sample["human_parts"].numpy()
-            if exp["has_person"]:  # annotated parts, an unannotated person (255) and background (0)
-                assert set(np.unique(parts)) == {0, 1, 2, 3, 4, 5, 6, 255}
+            if exp["has_person"]:  # annotated parts and background (0), the unannotated person included
+                assert set(np.unique(parts)) == {0, 1, 2, 3, 4, 5, 6}
             else:  # no annotated person: the task is unlabelled for this image
                 assert (parts == 255).all()
             assert set(np.unique(sample["semseg"].numpy())) <= set(range(21)) | {255}
     assert sorted(seen) == sorted(expected)
     assert snapshot(tmp_path) == before  # never writes into the dataset root
+
+
+def test_a_person_without_parts_is_background_by_default_as_in_the_reference_loaders(tmp_path):
+    expected = build_pascal(tmp_path)
+    ignored = {s["meta"]["id"]: s["human_parts"] for s in
+               PascalContext(str(tmp_path), person_without_parts="ignore").dataset("train", ["human_parts"])}
+    checked = 0
+    for sample in PascalContext(str(tmp_path)).dataset("train", ["human_parts"]):
+        exp = expected[sample["meta"]["id"]]
+        if not exp["has_person"]:  # no annotated person at all: still unlabelled
+            assert (sample["human_parts"] == 255).all()
+            continue
+        unknown = ignored[sample["meta"]["id"]] == 255
+        assert unknown.any()  # the fixture's unannotated person
+        assert (sample["human_parts"][unknown] == 0).all()
+        assert torch.equal(sample["human_parts"][~unknown], ignored[sample["meta"]["id"]][~unknown])
+        checked += 1
+    assert checked
+    with pytest.raises(ValueError, match=r"person_without_parts: 'skip'; choose one of \['background', 'ignore'\]"):
+        PascalContext(str(tmp_path), person_without_parts="skip")
 
 
 def test_semseg_falls_back_to_the_pascal_context_folder(tmp_path):

@@ -59,6 +59,21 @@ def test_zoom_by_two_divides_depth_and_scales_intrinsics():
     assert (fx, fy, cx, cy) == pytest.approx((20.0, 20.0, 12.0, 8.0))
 
 
+def test_resize_changes_the_grid_not_the_values():
+    """The authors' FixedResize: 8x12 -> 16x4 (x2 rows, /3 columns); depth is not a zoom, so it keeps its values."""
+    s = make_sample(8, 12)
+    out = Augmentation(flip=False, resize=(16, 4))(s)
+    assert out["semseg"].shape == (16, 4) and out["image"].shape == (3, 16, 4)
+    # output pixel (r, c) has its centre on input row (r + 0.5) / 2 and on the centre of input column 3c + 1
+    assert torch.equal(out["semseg"], s["semseg"][torch.arange(16) // 2][:, 3 * torch.arange(4) + 1])
+    # depth is resampled by nearest neighbour too (its label kind), and not divided by any zoom
+    assert torch.equal(out["depth"][0], s["depth"][0][torch.arange(16) // 2][:, 3 * torch.arange(4) + 1])
+    fx, fy, cx, cy = out["meta"]["intrinsics"].tolist()
+    assert (fx, fy, cx, cy) == pytest.approx((10 / 3, 20.0, 2.0, 8.0))
+    with pytest.raises(ValueError, match=r"data.augmentation.resize must be two positive integers"):
+        Augmentation(resize=(16,))
+
+
 def test_padding_fills_labels_with_ignore_and_depth_with_zero():
     s = make_sample(8, 12)
     ys, xs = torch.meshgrid(torch.arange(8), torch.arange(12), indexing="ij")

@@ -30,6 +30,19 @@ def test_delta_m_by_hand():
                    headlines(["sal", "human_parts"])) == pytest.approx((-5 / 85 + 10 / 50) / 2 * 100)
 
 
+def test_the_authors_saliency_headline_is_a_named_option():
+    """Their Delta_m reads saliency's max mIoU; ATRC/InvPT read maxF (the default)."""
+    lines = headlines(["sal", "human_parts"], {"sal": {"metric": "max_miou", "higher_is_better": True}})
+    multi = {"sal/maxf": 80.0, "sal/max_miou": 66.0, "human_parts/miou": 60.0}
+    single = {"sal/maxf": 85.0, "sal/max_miou": 60.0, "human_parts/miou": 50.0}
+    assert delta_m(multi, single, lines) == pytest.approx((6 / 60 + 10 / 50) / 2 * 100)  # +15, where maxF gives +7.06
+    assert delta_m(multi, single, headlines(["sal", "human_parts"])) == pytest.approx((-5 / 85 + 10 / 50) / 2 * 100)
+    with pytest.raises(ValueError, match=r"delta_m_headlines: \['depth'\] not task\(s\) of this model"):
+        headlines(["sal"], {"depth": {"metric": "delta1", "higher_is_better": True}})
+    with pytest.raises(ValueError, match=r"delta_m_headlines.sal: give exactly metric and higher_is_better"):
+        headlines(["sal"], {"sal": {"metric": "max_miou"}})
+
+
 def test_stage_lookup_prefers_the_same_stage_then_test():
     metrics = {"val/depth/rmse": 1.0, "test/depth/rmse": 2.0}
     assert find_metric(metrics, DEPTH, "val") == 1.0

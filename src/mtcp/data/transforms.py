@@ -61,6 +61,10 @@ class Augmentation:
     is smaller); None keeps the sample's size.
     ``rotation``: maximum in-plane rotation in degrees (uniform in [-r, r]).
     ``color_jitter``: strength of brightness/contrast/saturation jitter (0 = off).
+    ``resize``: (H, W) every sample is first resized to, aspect not kept (the MT-CP authors'
+    ``FixedResize``, e.g. PASCAL-Context to 512x512); a resize is a change of image grid, not a
+    camera zoom, so depth values stay as they are. None (default) keeps the sample's size and
+    the crop pads where the image is smaller (the ATRC/InvPT protocol). docs/fidelity.md.
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -69,8 +73,11 @@ class Augmentation:
     flip: bool = True
     rotation: float = 0.0
     color_jitter: float = 0.0
+    resize: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) <= 0):
+            raise ValueError(f"data.augmentation.resize must be two positive integers (H, W); got {self.resize}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"data.augmentation.scales must be positive numbers; got {self.scales}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) <= 0):
@@ -82,6 +89,8 @@ class Augmentation:
         def rand() -> float:
             return float(torch.rand((), generator=generator))
 
+        if self.resize is not None:
+            sample = resize_sample(sample, tuple(self.resize))
         image: Tensor = sample["image"]  # type: ignore[assignment]
         h_in, w_in = image.shape[-2:]
         out_h, out_w = self.crop_size or (h_in, w_in)
@@ -117,6 +126,20 @@ class Augmentation:
         if self.color_jitter:
             out["image"] = _jitter(out["image"], self.color_jitter, rand)
         return out
+
+
+def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
+    """``sample`` resampled to ``size`` (H, W) without keeping the aspect; labels by their kind, values kept."""
+    h_in, w_in = sample["image"].shape[-2:]  # type: ignore[union-attr]
+    h, w = size
+    if (h_in, w_in) == (h, w):
+        return sample
+    matrix = torch.tensor([[w_in / w, 0.0, 0.0], [0.0, h_in / h, 0.0]])
+    out = _warp_sample(sample, matrix, (h, w))
+    fx, fy, cx, cy = (float(v) for v in sample["meta"]["intrinsics"])  # type: ignore[index]
+    sx, sy = w / w_in, h / h_in
+    out["meta"] = {**sample["meta"], "intrinsics": torch.tensor([fx * sx, fy * sy, cx * sx, cy * sy])}  # type: ignore[dict-item]
+    return out
 
 
 def _transform_intrinsics(meta: dict, scale: float, off_x: float, off_y: float, out_w: int, flip: bool,

@@ -44,6 +44,11 @@ def weights_from_checkpoint() -> Iterator[None]:
         _WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
+def building_from_checkpoint() -> bool:
+    """True inside `weights_from_checkpoint`: encoders skip their initial weights (and the hub)."""
+    return _WEIGHTS_FROM_CHECKPOINT.get()
+
+
 class SimplePyramid(nn.Module):
     """Build strides 4..32 from one stride-16 map (for plain ViTs)."""
 
@@ -93,7 +98,7 @@ class TimmBackbone(nn.Module):
         kwargs: dict[str, Any] = dict(model_kwargs or {})
         if img_size is not None:
             kwargs["img_size"] = tuple(img_size)
-        if _WEIGHTS_FROM_CHECKPOINT.get():
+        if building_from_checkpoint():
             pretrained, checkpoint_path = False, None
         if checkpoint_path is not None:
             path = Path(checkpoint_path).expanduser()

@@ -10,9 +10,10 @@ Memory: the authors materialise the HW x HW affinity (1.47 GB per image and task
 same maths in O(HW) memory. Its memory-saving kernels need the value width equal to the
 query/key width and contiguous inputs (docs/notes.md, "Attention on the CPU"); otherwise
 it silently materialises the affinity. Q, K and V all have width D here (CBAM and BN
-keep the width), and they are made contiguous [B, 1, HW, D] before the call, so the
-saving kernel runs (``benchmarks/cfm_memory.py`` measures it against the materialised
-form; ``tests/models/test_mtcp_network.py`` checks the results agree).
+keep the width; with the authors' wide fusion V is zero-padded to the Q/K width), and
+they are made contiguous [B, 1, HW, C] before the call, so the saving kernel runs
+(``benchmarks/cfm_memory.py`` measures it against the materialised form;
+``tests/models/test_mtcp_network.py`` checks the results agree).
 
 Scale: the authors use none (1.0); with ReLU features the softmax is then nearly
 one-hot and fp32 gradients lose precision, so the default is 1/sqrt(D).
@@ -57,20 +58,24 @@ def _tokens(x: Tensor) -> Tensor:
 
 
 def spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """softmax(Q K^T * scale) V over all positions of [B, C, H, W] maps, in O(HW) memory."""
-    b, _, h, w = v.shape
-    if not q.shape[1] == k.shape[1] == v.shape[1]:
-        raise ValueError(
-            f"CFM attention needs equal Q/K/V widths (memory-saving kernel); got "
-            f"{q.shape[1]}, {k.shape[1]}, {v.shape[1]}"
-        )
+    """softmax(Q K^T * scale) V over all positions of [B, C, H, W] maps, in O(HW) memory.
+
+    A V narrower than Q/K (the authors' wide fusion: Q, K of width (T-1) D, V of width D) is
+    zero-padded to their width and the extra output channels dropped: the same result, and
+    the memory-saving kernel, which needs equal widths, still runs (docs/notes.md).
+    """
+    b, c, h, w = v.shape
+    if q.shape[1] != k.shape[1] or c > q.shape[1]:
+        raise ValueError(f"CFM attention needs Q and K of one width, at least V's; got "
+                         f"{q.shape[1]}, {k.shape[1]}, {c}")
     dtype = torch.float32
     for x in (q, k, v):
         dtype = torch.promote_types(dtype, x.dtype)  # fp32, or fp64 when given fp64
     with torch.autocast(v.device.type, enabled=False):
-        q, k, v_ = (_tokens(x.to(dtype)) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v_, scale=scale)
-    return out.squeeze(1).transpose(1, 2).reshape(b, v.shape[1], h, w).to(v.dtype)
+        v_wide = F.pad(v, (0, 0, 0, 0, 0, q.shape[1] - c)) if c < q.shape[1] else v
+        q, k, v_ = (_tokens(x.to(dtype)) for x in (q, k, v_wide))
+        out = F.scaled_dot_product_attention(q, k, v_, scale=scale)[..., :c]
+    return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w).to(v.dtype)
 
 
 def naive_spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -80,6 +85,10 @@ def naive_spatial_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Te
     return torch.bmm(affinity, v.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
 
 
+#: how the CFM fuses the gated auxiliary maps into F (`CoherenceFusion`'s ``fusion``)
+CFM_FUSIONS = ("linear", "wide_relu")
+
+
 class CoherenceFusion(nn.Module):
     """CFM_t: C_t [B, D, H, W] from X_t and the auxiliary tasks' X_a (same shape).
 
@@ -87,17 +96,29 @@ class CoherenceFusion(nn.Module):
         dim: D.
         num_auxiliary: how many other tasks feed the module (at least 1).
         scale: attention scale (see `resolve_scale`).
+        fusion: how the gated auxiliary maps become F, the source of Q and K: ``"linear"``, a 1x1
+            convolution to D channels; ``"wide_relu"``, the authors' 1x1 convolution that keeps
+            all (T-1) D channels, then ReLU, so Q and K are (T-1) D wide (docs/fidelity.md).
     """
 
-    def __init__(self, dim: int, num_auxiliary: int, scale: float | str | None = None) -> None:
+    def __init__(self, dim: int, num_auxiliary: int, scale: float | str | None = None,
+                 fusion: str = "linear") -> None:
         super().__init__()
         if num_auxiliary < 1:
             raise ValueError("the CFM needs at least one auxiliary task")
+        if fusion not in CFM_FUSIONS:
+            raise ValueError(f"model.net.init_args.cfm_fusion: {fusion!r}; choose one of {list(CFM_FUSIONS)}")
         self.scale = resolve_scale(scale, dim)
         self.gates = nn.ModuleList(nn.Conv2d(dim, dim, 1) for _ in range(num_auxiliary))
-        self.fuse = nn.Conv2d(num_auxiliary * dim, dim, 1)
-        self.query = nn.Sequential(CBAM(dim), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
-        self.key = nn.Sequential(CBAM(dim), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        wide = num_auxiliary * dim
+        if fusion == "linear":
+            self.fuse: nn.Module = nn.Conv2d(wide, dim, 1)
+            qk = dim
+        else:
+            self.fuse = nn.Sequential(nn.Conv2d(wide, wide, 1), nn.ReLU(inplace=True))
+            qk = wide
+        self.query = nn.Sequential(CBAM(qk), nn.BatchNorm2d(qk), nn.ReLU(inplace=True))
+        self.key = nn.Sequential(CBAM(qk), nn.BatchNorm2d(qk), nn.ReLU(inplace=True))
         self.value = nn.Sequential(CBAM(dim), nn.BatchNorm2d(dim))
         self.out = nn.Sequential(CBAM(dim), nn.BatchNorm2d(dim))
 

@@ -2,7 +2,9 @@
 
 Used as the pixel decoder over the backbone and as the "dynamic FPN fusion" over each
 task decoder's stages (docs/method.md section 2): 1x1 laterals to ``dim``, top-down
-nearest upsampling and addition, a 3x3 convolution per level.
+nearest upsampling and addition, a 3x3 output convolution per level: conv-BN-ReLU
+(``output="conv_bn_relu"``, non-negative maps) or a plain 3x3 convolution
+(``output="conv"``, the authors' task-decoder fusion; docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
     )
 
 
+#: the FPN's output convolution per level, by name
+FPN_OUTPUTS = {"conv_bn_relu": conv_bn_relu, "conv": lambda i, o: nn.Conv2d(i, o, 3, padding=1)}
+
+
 class FPN(nn.Module):
     """Top-down feature pyramid; returns every level (finest first) at width ``dim``.
 
@@ -27,11 +33,14 @@ class FPN(nn.Module):
     ``find_unused_parameters=False``).
     """
 
-    def __init__(self, in_channels: Sequence[int], dim: int, num_outputs: int | None = None) -> None:
+    def __init__(self, in_channels: Sequence[int], dim: int, num_outputs: int | None = None,
+                 output: str = "conv_bn_relu") -> None:
         super().__init__()
+        if output not in FPN_OUTPUTS:
+            raise ValueError(f"FPN output {output!r}: choose one of {list(FPN_OUTPUTS)}")
         self.laterals = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
         self.num_outputs = num_outputs or len(in_channels)
-        self.outputs = nn.ModuleList(conv_bn_relu(dim, dim) for _ in range(self.num_outputs))
+        self.outputs = nn.ModuleList(FPN_OUTPUTS[output](dim, dim) for _ in range(self.num_outputs))
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         x = self.laterals[-1](feats[-1])

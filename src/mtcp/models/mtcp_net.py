@@ -2,6 +2,7 @@
 
     image -> backbone -> pixel decoder (FPN)      -> P @1/4 (+ 1/8, 1/16, 1/32 for the queries)
           -> query decoder                        -> M, mask logits;  R = fuse(P, M, mask logits)
+      (or image -> encoder: Hugging Face's Mask2Former, the authors' choice, -> P, M, mask logits)
     per task t: task decoder(R)                   -> S_t = [D@1/4, 2D@1/8, 4D@1/16], X_t @1/4
     per task t: CFM_t(X_t, {X_a : a != t})        -> C_t        -> head "initial" (auxiliary)
     per task t: SRM chain over S_t seeded with C_t -> 1/16, 1/8, 1/4 -> heads "srm1", "srm2" (aux.), final
@@ -51,6 +52,7 @@ from mtcp.models.backbone import TimmBackbone
 from mtcp.models.cfm import CoherenceFusion, resolve_scale
 from mtcp.models.fpn import FPN
 from mtcp.models.heads import make_heads
+from mtcp.models.mask2former import Mask2FormerEncoder
 from mtcp.models.outputs import Predictions
 from mtcp.models.padding import crop_outputs, pad_to_multiple
 from mtcp.models.query_decoder import FUSIONS, QueryDecoder, fuse
@@ -120,6 +122,20 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 setattr(m, n, b)
 
 
+def _check_encoder(encoder: Mask2FormerEncoder, dim: int, use_query_decoder: bool, **own: Any) -> None:
+    """An encoder replaces the backbone and both decoders: their settings must stay unset."""
+    given = sorted(k for k, v in own.items() if v is not None)
+    if given:
+        raise ValueError(f"model.net.init_args: {given} belong to the encoder (its Mask2Former config) and must "
+                         "stay unset when model.net.init_args.encoder is given")
+    if dim != encoder.dim:
+        raise ValueError(f"model.net.init_args.dim={dim} must equal the encoder's width (Mask2Former's "
+                         f"mask_feature_size, {encoder.dim})")
+    if use_query_decoder != encoder.use_queries:
+        raise ValueError(f"model.net.init_args.use_query_decoder={use_query_decoder} but the encoder's use_queries="
+                         f"{encoder.use_queries}; set both the same (without queries, R = P)")
+
+
 #: the pixel-decoder levels the query decoder can visit (beyond P at 1/4): 1/8, 1/16, 1/32
 MAX_QUERY_LEVELS = 3
 
@@ -130,11 +146,15 @@ class MTCPNet(nn.Module):
     Args:
         task_channels: output width of every task (given by the data module).
         backbone: the timm backbone adapter (resnet18 when None).
+        encoder: Hugging Face's Mask2Former in place of backbone, pixel decoder and query decoder
+            (`mtcp.models.mask2former`, the authors' encoder); ``backbone``, ``num_queries``,
+            ``query_layers``, ``query_heads`` and ``query_ffn_dim`` then belong to its config and
+            must stay unset, and ``dim`` must equal its ``mask_feature_size``.
         dim: D, the width of P, R, X_t, C_t and the SRM predictions.
-        num_queries: N, the query decoder's learnable queries.
-        query_layers: L, query decoder layers; they visit the levels 1/32, 1/16, 1/8 in
-            turn (with L < 3 only the finest L of them).
-        query_heads: attention heads of the query decoder.
+        num_queries: N, the query decoder's learnable queries (100 when None).
+        query_layers: L, query decoder layers (3 when None); they visit the levels 1/32, 1/16,
+            1/8 in turn (with L < 3 only the finest L of them).
+        query_heads: attention heads of the query decoder (8 when None).
         query_ffn_dim: FFN width of the query decoder (8 D when None, Mask2Former's 2048 at D = 256).
         fusion: ``"query"`` (R = P + P * softmax_n(mask logits)^T M) or ``"reference"`` (the
             authors' P * sum_n mask logits); see `mtcp.models.query_decoder`.
@@ -142,6 +162,14 @@ class MTCPNet(nn.Module):
         decoder_depths: Swin blocks in each task-decoder stage.
         decoder_heads: attention heads of the task-decoder stages.
         window: Swin window of the task decoders.
+        decoder_stage_norm: a LayerNorm on each task-decoder stage output (the authors').
+        decoder_fpn_output: the task decoder's FPN output conv, ``"conv_bn_relu"`` or the authors'
+            plain ``"conv"``.
+        cfm_fusion: ``"linear"`` (gated maps -> D channels) or the authors' ``"wide_relu"``
+            ((T-1) D channels, ReLU); `mtcp.models.cfm`.
+        head_kernel: the heads' first convolution, 3 or the authors' 1.
+        initial_head: with the trace-back, also supervise C_t through the auxiliary ``initial``
+            head; False supervises SRM1 and SRM2 only, as the authors do.
         use_query_decoder, use_cfm, use_trace_back: ablation switches (module doc).
         checkpointing: activation checkpointing in training (module doc): True = every part,
             or a list of part names from ``"task_decoders"``, ``"cfm"``, ``"trace_back"``;
@@ -152,27 +180,40 @@ class MTCPNet(nn.Module):
         self,
         task_channels: dict[str, int],
         backbone: TimmBackbone | None = None,
+        encoder: Mask2FormerEncoder | None = None,
         dim: int = 256,
-        num_queries: int = 100,
-        query_layers: int = 3,
-        query_heads: int = 8,
+        num_queries: int | None = None,
+        query_layers: int | None = None,
+        query_heads: int | None = None,
         query_ffn_dim: int | None = None,
         fusion: str = "query",
         attention_scale: float | str | None = None,
         decoder_depths: tuple[int, int, int] = (1, 2, 1),
         decoder_heads: int = 2,
         window: int = 7,
+        decoder_stage_norm: bool = False,
+        decoder_fpn_output: str = "conv_bn_relu",
+        cfm_fusion: str = "linear",
+        head_kernel: int = 3,
+        initial_head: bool = True,
         use_query_decoder: bool = True,
         use_cfm: bool = True,
         use_trace_back: bool = True,
         checkpointing: bool | list[str] | tuple[str, ...] = False,
     ) -> None:
         super().__init__()
+        if encoder is not None:
+            _check_encoder(encoder, dim, use_query_decoder, backbone=backbone, num_queries=num_queries,
+                           query_layers=query_layers, query_heads=query_heads, query_ffn_dim=query_ffn_dim)
+        num_queries = 100 if num_queries is None else num_queries
+        query_layers = 3 if query_layers is None else query_layers
+        query_heads = 8 if query_heads is None else query_heads
+        use_own_queries = use_query_decoder and encoder is None  # an encoder's query decoder is its own
         if fusion not in FUSIONS:
             raise ValueError(f"model.net.fusion: unknown fusion {fusion!r}; choose one of {list(FUSIONS)}")
-        if use_query_decoder and query_layers < 1:
+        if use_own_queries and query_layers < 1:
             raise ValueError(f"model.net.query_layers must be >= 1 with the query decoder; got {query_layers}")
-        if dim % 4 or (use_query_decoder and dim % query_heads) or dim % decoder_heads:
+        if dim % 4 or (use_own_queries and dim % query_heads) or dim % decoder_heads:
             raise ValueError(
                 f"model.net.dim={dim} must be a multiple of 4, of query_heads={query_heads} and of "
                 f"decoder_heads={decoder_heads}"
@@ -184,30 +225,39 @@ class MTCPNet(nn.Module):
         self.task_channels = dict(task_channels)
         self.tasks = list(self.task_channels)
         self.fusion = fusion
-        self.backbone = backbone or TimmBackbone()
-        levels = min(query_layers, MAX_QUERY_LEVELS) if use_query_decoder else 0
-        self.pixel_decoder = FPN(self.backbone.feature_info.channels, dim, num_outputs=1 + levels)
-        self.query_decoder = (
-            QueryDecoder(dim, num_queries, query_layers, levels, query_heads, query_ffn_dim or 8 * dim)
-            if use_query_decoder
-            else None
-        )
+        self.encoder = encoder
+        if encoder is not None:
+            self.backbone = self.pixel_decoder = self.query_decoder = None
+        else:
+            self.backbone = backbone or TimmBackbone()
+            levels = min(query_layers, MAX_QUERY_LEVELS) if use_query_decoder else 0
+            self.pixel_decoder = FPN(self.backbone.feature_info.channels, dim, num_outputs=1 + levels)
+            self.query_decoder = (
+                QueryDecoder(dim, num_queries, query_layers, levels, query_heads, query_ffn_dim or 8 * dim)
+                if use_query_decoder
+                else None
+            )
         self.task_decoders = nn.ModuleDict(
-            {t: TaskDecoder(dim, tuple(decoder_depths), decoder_heads, window) for t in self.tasks}
+            {t: TaskDecoder(dim, tuple(decoder_depths), decoder_heads, window, decoder_stage_norm, decoder_fpn_output)
+             for t in self.tasks}
         )
         widths = self.task_decoders[self.tasks[0]].feature_info.channels  # S_t, what each SRM reads
         self.cfm = (
-            nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale) for t in self.tasks})
+            nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale, cfm_fusion)
+                           for t in self.tasks})
             if use_cfm and len(self.tasks) > 1
             else None
         )
         self.trace_back = nn.ModuleDict({t: TraceBack(dim, widths) for t in self.tasks}) if use_trace_back else None
-        self.levels = ["final", "initial", "srm1", "srm2"] if use_trace_back else ["final"]
-        self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim) for level in self.levels})
+        self.levels = (["final", *(["initial"] if initial_head else []), "srm1", "srm2"] if use_trace_back
+                       else ["final"])
+        self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim, head_kernel) for level in self.levels})
 
     @property
     def pad_multiple(self) -> int:
         """Inputs are padded to the backbone's coarsest stride (the Swin stages pad themselves)."""
+        if self.encoder is not None:
+            return self.encoder.pad_multiple
         return max(self.backbone.feature_info.strides)
 
     def _run(self, part: str, module: nn.Module, *args: Any) -> Any:
@@ -222,13 +272,16 @@ class MTCPNet(nn.Module):
 
     def forward_features(self, image: Tensor) -> MTCPFeatures:
         """Every intermediate map for a padded image (`MTCPFeatures`)."""
-        feats = self.pixel_decoder(self.backbone(image))
-        pixels = feats[0]
         queries = masks = None
-        shared = pixels
-        if self.query_decoder is not None:
-            queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
-            shared = fuse(pixels, queries, masks, self.fusion)
+        if self.encoder is not None:
+            encoded = self.encoder(image)
+            pixels, queries, masks = encoded.pixels, encoded.queries, encoded.mask_logits
+        else:
+            feats = self.pixel_decoder(self.backbone(image))
+            pixels = feats[0]
+            if self.query_decoder is not None:
+                queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
+        shared = pixels if queries is None else fuse(pixels, queries, masks, self.fusion)
         decoded = {t: self._run("task_decoders", self.task_decoders[t], shared) for t in self.tasks}
         own = {t: x for t, (x, _) in decoded.items()}
         stages = {t: s for t, (_, s) in decoded.items()}
@@ -255,7 +308,7 @@ class MTCPNet(nn.Module):
             srm1, srm2, final = zip(*(feats.trace[t] for t in self.tasks), strict=True)
             sources = {
                 "final": dict(zip(self.tasks, final, strict=True)),
-                "initial": feats.fused,
+                "initial": feats.fused,  # (built only with initial_head)
                 "srm1": dict(zip(self.tasks, srm1, strict=True)),
                 "srm2": dict(zip(self.tasks, srm2, strict=True)),
             }

@@ -52,22 +52,27 @@ class TaskDecoder(nn.Module):
         depths: blocks per stage.
         heads: attention heads of every stage.
         window: Swin window size.
+        stage_norm: a LayerNorm on every stage's output (the authors' ``norm{i}``).
+        fpn_output: the fusion FPN's output convolution (`mtcp.models.fpn.FPN_OUTPUTS`); ``"conv"``
+            is the authors' plain 3x3 convolution.
     """
 
-    def __init__(self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7) -> None:
+    def __init__(self, dim: int, depths: tuple[int, ...] = (1, 2, 1), heads: int = 2, window: int = 7,
+                 stage_norm: bool = False, fpn_output: str = "conv_bn_relu") -> None:
         super().__init__()
         widths = [dim * 2**i for i in range(len(depths))]
         self.stages = nn.ModuleList(
             PaddedSwinStage(widths[max(i - 1, 0)], widths[i], depth, heads, window, downsample=i > 0)
             for i, depth in enumerate(depths)
         )
-        self.fpn = FPN(widths, dim, num_outputs=1)
+        self.norms = nn.ModuleList(nn.LayerNorm(w) if stage_norm else nn.Identity() for w in widths)
+        self.fpn = FPN(widths, dim, num_outputs=1, output=fpn_output)
         self.feature_info = FeatureInfo(tuple(widths), tuple(2**i for i in range(len(depths))))
 
     def forward(self, shared: Tensor) -> tuple[Tensor, list[Tensor]]:
         x = shared.permute(0, 2, 3, 1)
         stages = []
-        for stage in self.stages:
-            x = stage(x)
-            stages.append(x.permute(0, 3, 1, 2).contiguous())
+        for stage, norm in zip(self.stages, self.norms, strict=True):
+            x = stage(x)  # the next stage reads the map before the norm, as in the authors' Swin
+            stages.append(norm(x).permute(0, 3, 1, 2).contiguous())
         return self.fpn(stages)[0], stages

@@ -47,7 +47,7 @@ from mtcp.data.sources.files import (
 )
 from mtcp.data.sources.nyud import decode_normals
 from mtcp.data.sources.pascal_context_classes import NORMALS_VALID_IDS
-from mtcp.data.sources.pascal_parts import NUM_PART_CLASSES, read_human_parts
+from mtcp.data.sources.pascal_parts import NUM_PART_CLASSES, PERSON_WITHOUT_PARTS, read_human_parts
 from mtcp.labels import IGNORE_INDEX
 
 NUM_CLASSES = 21
@@ -86,12 +86,15 @@ class PascalContext(FolderSource):
             warning and a count (`FileDataset`), instead of failing.
         normals_signs: factors for the normals' (x, y, z) components, for copies whose
             axes differ from the sample convention (x right, y down, z forward).
+        person_without_parts: ``"background"`` (the reference loaders') or ``"ignore"`` (255) for
+            a person without part annotations (`mtcp.data.sources.pascal_parts`).
     """
 
     tasks = ("semseg", "human_parts", "sal", "normals", "edge")
 
     def __init__(self, root: str | None = None, skip_bad_samples: bool = False,
-                 normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+                 normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 person_without_parts: str = "background") -> None:
         if root is None or str(root).strip() == "":
             raise ValueError(
                 "PascalContext needs the dataset folder: set data.root=/path/to/PASCAL_MT "
@@ -103,6 +106,10 @@ class PascalContext(FolderSource):
         self.images_dir = require_dir(self.root / "JPEGImages", "the RGB images <id>.jpg")
         if len(normals_signs) != 3 or any(abs(s) != 1 for s in normals_signs):
             raise ValueError(f"PascalContext normals_signs must be three of +1/-1; got {normals_signs}")
+        if person_without_parts not in PERSON_WITHOUT_PARTS:
+            raise ValueError(f"data.source.init_args.person_without_parts: {person_without_parts!r}; choose one of "
+                             f"{list(PERSON_WITHOUT_PARTS)} (docs/fidelity.md)")
+        self.person_without_parts = person_without_parts
         self.skip_bad_samples = skip_bad_samples
         self.normals_signs = np.asarray(normals_signs, dtype=np.float32)
         self._valid_ids = np.asarray(NORMALS_VALID_IDS)
@@ -149,7 +156,8 @@ class PascalContext(FolderSource):
         if "semseg" in tasks:
             sample["semseg"] = self._read_semseg(paths["semseg"], size)
         if "human_parts" in tasks:
-            sample["human_parts"] = torch.from_numpy(read_human_parts(paths["human_parts"], size))
+            parts = read_human_parts(paths["human_parts"], size, self.person_without_parts)
+            sample["human_parts"] = torch.from_numpy(parts)
         if "sal" in tasks:
             raw = read_png(paths["sal"], channels=1)
             check_size(raw, size, paths["sal"], "the saliency map")

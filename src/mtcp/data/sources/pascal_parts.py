@@ -17,8 +17,11 @@ and hands, 5 upper legs, 6 lower legs and feet; 0 is background.
 Which pixels are labelled:
 - an image with no person that has part annotations: every pixel 255 (the task is
   unlabelled for that image, not "all background");
-- a person object without part annotations: its mask is 255 (its parts are unknown);
-  where it overlaps an annotated person's part, the part wins;
+- a person object without part annotations (in an image with an annotated person):
+  background (0) by default, as in the reference loaders (ASTMT/MTI-Net/ATRC), which never
+  look at such a person; ``person_without_parts="ignore"`` makes its mask 255 instead (its
+  parts are unknown, so neither "background" nor a part is a true label); where it overlaps
+  an annotated person's part, the part wins;
 - an annotated person's pixels not covered by any part stay background (0), as in the
   reference loaders.
 """
@@ -61,7 +64,11 @@ def _mask(value: np.ndarray, size: tuple[int, int], path: Path, what: str) -> np
     return mask.astype(bool)
 
 
-def read_human_parts(path: Path, size: tuple[int, int]) -> np.ndarray:
+#: what a person without part annotations is labelled (module doc)
+PERSON_WITHOUT_PARTS = ("background", "ignore")
+
+
+def read_human_parts(path: Path, size: tuple[int, int], person_without_parts: str = "background") -> np.ndarray:
     """int64 [H, W] part labels of one image (see module docstring for the conventions)."""
     anno = read_mat(path, ["anno"])["anno"]
     try:
@@ -98,5 +105,6 @@ def read_human_parts(path: Path, size: tuple[int, int]) -> np.ndarray:
             label[_mask(part["mask"], size, path, f"objects({j + 1}).parts({k + 1}).mask")] = PART_IDS[name]
     if not annotated:
         return np.full(size, IGNORE_INDEX, dtype=np.int64)
-    label[unknown & (label == 0)] = IGNORE_INDEX
+    if person_without_parts == "ignore":
+        label[unknown & (label == 0)] = IGNORE_INDEX
     return label
