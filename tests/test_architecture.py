@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtcp.models", "mtcp.losses", "mtcp.metrics", "mtcp.optim", "mtcp.visualize", "mtcp.writers"),
     ("mtcp.tasks",),
     ("mtcp.data", "mtcp.balancers"),
-    ("mtcp.module", "mtcp.callbacks"),
+    ("mtcp.module", "mtcp.callbacks", "mtcp.checkpoint_io"),
     ("mtcp.bench",),
     ("mtcp.cli", "mtcp.__main__", "mtcp.study"),
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,14 +30,21 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtcp.balancers import Balancer
 from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.save_config import SaveConfigToLoggers
+from mtcp.checkpoint_io import AtomicCheckpointIO
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
+
+#: why a checkpoint was refused (torch.load with weights_only=True met an object it will not rebuild)
+UNSAFE_CHECKPOINT = ("the checkpoint holds objects beyond tensors and plain containers, which loading would "
+                     "have to execute; it was refused (weights_only=True). Only if you trust its origin, pass "
+                     "--weights_only=false")
 
 #: the key of a config file that names the presets it stacks on
 BASE_KEY = "__base__"
@@ -178,7 +186,10 @@ class MTCPCLI(LightningCLI):
         """``trainer.enable_checkpointing=false`` turns off the top-level checkpoint callbacks too."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-write never truncates a checkpoint
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """Check the checkpoint settings; ``--data.root`` is short for the source's ``root``
@@ -193,6 +204,8 @@ class MTCPCLI(LightningCLI):
                 "checkpoint.save_last: last.ckpt is written by last_checkpoint (the newest state after every "
                 "epoch, in checkpoint.dirpath); leave checkpoint.save_last false"
             )
+        if "weights_only" in config and config.get("weights_only") is None:
+            config["weights_only"] = True  # --ckpt_path loads tensors only: a checkpoint cannot run code
         root = config.get("data.root")
         init_args = (config.get("data.source") or {}).get("init_args")
         if root is not None and init_args is not None and "root" in init_args:
@@ -261,6 +274,11 @@ def main() -> None:
     """
     try:
         cli_main()
+    except pickle.UnpicklingError as err:
+        if os.environ.get("MTCP_TRACEBACK") == "1":
+            raise
+        print(f"mtcp: error: {UNSAFE_CHECKPOINT}\n{str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
     except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
         if os.environ.get("MTCP_TRACEBACK") == "1":
             raise

@@ -293,7 +293,11 @@ class MultiTaskModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MultiTaskModule:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, without fetching any initial weight: the checkpoint
-        holds them all, so a ``pretrained: true`` backbone works offline (`weights_from_checkpoint`)."""
+        holds them all, so a ``pretrained: true`` backbone works offline (`weights_from_checkpoint`).
+
+        ``weights_only`` defaults to True: a checkpoint whose pickle would execute code is refused
+        (``pickle.UnpicklingError``); pass ``weights_only=False`` only for a file you trust."""
+        kwargs.setdefault("weights_only", True)
         with weights_from_checkpoint():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 

@@ -32,6 +32,7 @@ from torchmetrics import Metric
 from mtcp import losses, visualize, writers
 from mtcp.labels import BinaryMap, ClassMap, LabelKind, PositiveScalar, UnitVector
 from mtcp.metrics import DepthMetrics, EdgeMetrics, NormalsMetrics, SaliencyMetrics, SegmentationMetrics
+from mtcp.metrics.boundary import BoundaryFMeasure
 from mtcp.metrics.delta_m import Headline
 
 
@@ -98,6 +99,17 @@ def register(task: Task) -> Task:
     return task
 
 
+def edge_metric(protocol: str = "pixel", **options: Any) -> Metric:
+    """The edge task's metric: ``protocol: pixel`` (default, `EdgeMetrics`, pixel-exact, fast) or
+    ``protocol: boundary`` (`BoundaryFMeasure`, the BSDS/SEISM protocol with a distance tolerance, e.g.
+    ``model.metric_options: {edge: {protocol: boundary, max_dist: 0.0075}}``, comparable with papers)."""
+    if protocol == "pixel":
+        return EdgeMetrics(**options)
+    if protocol == "boundary":
+        return BoundaryFMeasure(**options)
+    raise ValueError(f"model.metric_options.edge.protocol: {protocol!r}; choose 'pixel' or 'boundary'")
+
+
 for _task in (
     Task("semseg", None, losses.cross_entropy, lambda c, **o: SegmentationMetrics(c, **o), "miou", True, **_CLASS),
     Task("human_parts", None, losses.cross_entropy, lambda c, **o: SegmentationMetrics(c, **o), "miou", True, **_CLASS),
@@ -106,7 +118,7 @@ for _task in (
     Task("normals", 3, losses.normals_l1, lambda c, **o: NormalsMetrics(**o), "mean", False, UnitVector(),
          visualize.normals_picture, writers.unit_vector_npy, _unit),
     Task("sal", 1, losses.balanced_bce, lambda c, **o: SaliencyMetrics(**o), "maxf", True, **_BINARY),
-    Task("edge", 1, losses.weighted_bce, lambda c, **o: EdgeMetrics(**o), "odsf", True, **_BINARY),
+    Task("edge", 1, losses.weighted_bce, lambda c, **o: edge_metric(**o), "odsf", True, **_BINARY),
 ):
     register(_task)
 

@@ -226,3 +226,27 @@ def test_input_checks():
         BoundaryFMeasure().update(torch.zeros(1, 2, H, W), torch.zeros(1, H, W, dtype=torch.int64))
     with pytest.raises(ValueError, match="thresholds"):
         BoundaryFMeasure(thresholds=0)
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+def test_the_edge_task_scores_with_the_boundary_protocol_when_asked():
+    """``model.metric_options: {edge: {protocol: boundary, max_dist: ...}}``: the same one-pixel shift as above
+    scores 100 instead of the pixel-exact 0, under the edge task's headline key."""
+    from mtcp.module import MultiTaskModule
+    from mtcp.tasks import get_task
+
+    gt, pred = vline(10), vline(11)
+    pixel = get_task("edge").make_metric(1)
+    boundary = get_task("edge").make_metric(1, protocol="boundary", max_dist=0.02, thresholds=5)
+    assert isinstance(pixel, EdgeMetrics) and isinstance(boundary, BoundaryFMeasure)
+    for metric in (pixel, boundary):
+        metric.update(logits(pred), label_of(gt))
+    assert float(pixel.compute()["odsf"]) == 0.0
+    assert float(boundary.compute()["odsf"]) == pytest.approx(100.0)
+    module = MultiTaskModule({"edge": 1, "sal": 1},
+                             metric_options={"edge": {"protocol": "boundary", "max_dist": 0.0075}})
+    assert isinstance(module.metrics["test"]["edge"], BoundaryFMeasure)
+    assert module.metrics["test"]["edge"].max_dist == 0.0075
+    with pytest.raises(ValueError, match=r"metric_options.edge.protocol: 'bsds'; choose 'pixel' or 'boundary'"):
+        get_task("edge").make_metric(1, protocol="bsds")

@@ -4,13 +4,19 @@ can be turned off, and a checkpoint reloads offline even when its backbone said 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_env
 from mtcp.cli import cli_main
 from mtcp.module import MultiTaskModule
 
@@ -101,3 +107,64 @@ def test_a_pretrained_backbone_checkpoint_loads_offline(tiny_run, tmp_path, monk
     cli_main(["test", *tiny_run, pretrained, f"--ckpt_path={last}"])
     assert json.loads((tmp_path / "test_metrics.json").read_text())["test/loss"] > 0
     cli_main(["predict", *tiny_run, pretrained, "--trainer.limit_predict_batches=1", f"--ckpt_path={last}"])
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_last_checkpoint_whole(tiny_run, tmp_path):
+    """SIGKILL while ``last.ckpt`` of epoch 1 is half written: the file a resume reads is epoch 0's, whole
+    (`mtcp.checkpoint_io`); the half-written bytes are only in ``last.ckpt.partial``."""
+    marker = tmp_path / "writing"
+    slow = {"class_path": "helpers.slow_writer.SlowLastWrite", "init_args": {"marker": str(marker)}}
+    cmd = [sys.executable, "-m", "mtcp", "fit", *tiny_run, "--trainer.max_epochs=3",
+           "--trainer.callbacks+=" + json.dumps(slow)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the second last.ckpt write never started"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert marker.read_text() == str(last) + ".partial"  # the half write went beside, not into, last.ckpt
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 0 and "state_dict" in checkpoint
+    with pytest.raises((RuntimeError, EOFError, pickle.UnpicklingError)):  # what a plain writer would leave
+        torch.load(str(last) + ".partial", map_location="cpu", weights_only=False)
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch`` on a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused(tiny_run, tmp_path):
+    """The project pins weights_only=True (today also torch's default) for --ckpt_path and load_from_checkpoint."""
+    cli_main(["fit", *tiny_run, "--trainer.max_epochs=1"])
+    good = tmp_path / "checkpoints" / "last.ckpt"
+    assert isinstance(MultiTaskModule.load_from_checkpoint(good), MultiTaskModule)  # ours load with weights_only
+    evil = tmp_path / "evil.ckpt"
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    checkpoint["payload"] = _RunsCode(str(tmp_path / "pwned"))
+    torch.save(checkpoint, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        MultiTaskModule.load_from_checkpoint(evil)
+    proc = subprocess.run([sys.executable, "-m", "mtcp", "test", *tiny_run, f"--ckpt_path={evil}"], cwd=tmp_path,
+                          env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "mtcp: error: the checkpoint holds objects beyond tensors" in proc.stderr
+    assert "--weights_only=false" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "pwned").exists()  # nothing ran
+    # the payload is real: loaded without the guard (what torch did before 2.6), it runs
+    torch.load(evil, map_location="cpu", weights_only=False)
+    assert (tmp_path / "pwned").exists()
