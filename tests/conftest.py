@@ -7,9 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+# Property tests (tests/properties) draw the same examples on every run, so a red CI is never a
+# coin toss and needs no example database; HYPOTHESIS_PROFILE=random draws new ones each run.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("random", derandomize=False, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 ROOT = Path(__file__).resolve().parents[1]
 

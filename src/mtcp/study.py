@@ -220,11 +220,13 @@ def collect(study: Study, out: Path) -> dict[str, Any]:
                                "std": {k: _mean_std([m.get(k, math.nan) for m in seeds])[1] for k in keys}}
         lines = headlines(tasks)
         if len(tasks) > 1 and all(f"test/{h.key}" in references for h in lines):
-            row["delta_m"] = _mean_std([delta_m(m, references, lines, "test") for m in seeds])
+            row["delta_m_per_seed"] = [delta_m(m, references, lines, "test") for m in seeds]
+            row["delta_m"] = _mean_std(row["delta_m_per_seed"])
         val_seeds = per_run_val[run.name]
         if len(tasks) > 1 and all(f"val/{h.key}" in val_references and f"val/{h.key}" in m
                                   for h in lines for m in val_seeds):
-            row["val_delta_m"] = _mean_std([delta_m(m, val_references, lines, "val") for m in val_seeds])
+            row["val_delta_m_per_seed"] = [delta_m(m, val_references, lines, "val") for m in val_seeds]
+            row["val_delta_m"] = _mean_std(row["val_delta_m_per_seed"])
         summary["runs"][run.name] = row
     return summary
 
@@ -271,7 +273,8 @@ def _weights_history(log_root: Path) -> dict[str, list[float]]:
 
 
 def picture(study: Study, summary: dict[str, Any], out: Path, path: Path) -> None:
-    """Headline metric per run and task (bars with seed std); weights over time of the dynamic balancers."""
+    """Top row: headline metric per run and task, and Delta_m (bars with the seed std); bottom row: one
+    panel per dynamic balancer with its task weights over training (first seed), one colour per task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,30 +282,45 @@ def picture(study: Study, summary: dict[str, Any], out: Path, path: Path) -> Non
 
     runs = summary["runs"]
     tasks = list(dict.fromkeys(t for row in runs.values() for t in row["tasks"]))
-    moving = {}
+    moving: dict[str, tuple[int, dict[str, list[float]]]] = {}
     for run in study.runs:
         if run.name in runs:
-            history = _weights_history(run_dir(out, run, study.seeds_of(run)[0]))
+            first = study.seeds_of(run)[0]
+            history = _weights_history(run_dir(out, run, first))
             if any(len(set(v)) > 1 for v in history.values()):
-                moving[run.name] = history
-    cols = len(tasks) + (1 if moving else 0)
-    fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.0), squeeze=False)
-    for ax, line in zip(axes[0], headlines(tasks), strict=False):
-        key = f"test/{line.key}"
+                moving[run.name] = first, history
+    with_delta = [n for n, row in runs.items() if "delta_m" in row]
+    cols = max(len(tasks) + bool(with_delta), len(moving), 1)
+    rows = 2 if moving else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    bars = [(f"test/{h.key}", f"{h.task} {h.metric} ({'higher' if h.higher_is_better else 'lower'} is better)")
+            for h in headlines(tasks)]
+    for ax, (key, title) in zip(axes[0], bars, strict=False):
         names = [n for n, row in runs.items() if key in row["mean"]]
+        ax.set_visible(True)
         ax.barh(names, [runs[n]["mean"][key] for n in names], xerr=[runs[n]["std"][key] for n in names])
-        ax.set_title(f"{line.task} {line.metric} ({'higher' if line.higher_is_better else 'lower'} is better)")
+        ax.set_title(title)
         ax.invert_yaxis()
-    if moving:
-        ax = axes[0][-1]
-        for name, history in moving.items():
-            for task, values in history.items():
-                ax.plot(values, label=f"{name}: {task}", linewidth=1)
-        ax.set_title("task weights (first seed)")
-        ax.set_xlabel("logged step")
-        ax.legend(fontsize=6)
+    if with_delta:
+        ax = axes[0][len(bars)]
+        ax.set_visible(True)
+        ax.barh(with_delta, [runs[n]["delta_m"][0] for n in with_delta],
+                xerr=[runs[n]["delta_m"][1] for n in with_delta])
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title("Δm vs the single-task runs (%, higher is better)")
+        ax.invert_yaxis()
+    colours = {t: f"C{i}" for i, t in enumerate(tasks)}
+    for ax, (name, (seed, history)) in zip(axes[-1] if moving else [], moving.items(), strict=False):
+        ax.set_visible(True)
+        for task, values in history.items():
+            ax.plot(values, label=task, color=colours.get(task), linewidth=1.2)
+        ax.set_title(f"{name} weights, seed {seed}", fontsize=10)
+        ax.set_xlabel("logged training step")
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -106,6 +106,7 @@ runs:
     mean, std = summary["runs"]["both"]["delta_m"]
     assert mean == pytest.approx(statistics.fmean(by_seed), abs=1e-9)
     assert std == pytest.approx(statistics.stdev(by_seed), abs=1e-9)
+    assert summary["runs"]["both"]["delta_m_per_seed"] == pytest.approx(by_seed, abs=1e-9)
     assert "delta_m" not in summary["runs"]["single_semseg"]
     # val Delta_m: the same arithmetic on each run's last logged val row (what last.ckpt scores on val)
     def last_val(run, s):
@@ -117,6 +118,7 @@ runs:
     val_by_seed = [((float(last_val("both", s)["val/semseg/miou"]) - v_miou) / v_miou
                     - (float(last_val("both", s)["val/depth/rmse"]) - v_rmse) / v_rmse) * 100 / 2 for s in (0, 1)]
     assert summary["runs"]["both"]["val_delta_m"][0] == pytest.approx(statistics.fmean(val_by_seed), abs=1e-9)
+    assert summary["runs"]["both"]["val_delta_m_per_seed"] == pytest.approx(val_by_seed, abs=1e-9)
     assert summary["runs"]["both"]["val_delta_m"][0] != pytest.approx(mean, abs=1e-6)  # a different split
     table = (out / "results.md").read_text().splitlines()
     header = [c.strip() for c in table[2].strip("|").split("|")]
