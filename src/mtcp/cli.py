@@ -37,6 +37,7 @@ from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.save_config import SaveConfigToLoggers
 from mtcp.checkpoint_io import AtomicCheckpointIO
+from mtcp.data.check import DataReport, check_data
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
@@ -94,10 +95,32 @@ def expand_config_bases(args: list[str]) -> list[str]:
 
 
 class MTCPTrainer(Trainer):
-    """Lightning's Trainer with one more command, ``bench`` (what ``mtcp bench`` runs)."""
+    """Lightning's Trainer with two more commands, ``bench`` and ``check_data`` (``mtcp bench``,
+    ``mtcp check-data``)."""
 
     #: builds the network of a config stacked over this run's configuration (set by `MTCPCLI.before_bench`)
     build_comparison: Callable[[str], MultiTaskModule] | None = None
+    #: what the last ``check_data`` found, and whether a warning fails it (read by `MTCPCLI.after_check_data`)
+    data_report: DataReport | None = None
+    data_report_strict: bool = False
+
+    def check_data(self, model: MultiTaskModule, datamodule: MultiTaskDataModule | None = None,
+                   workers: int = 2, strict: bool = False) -> DataReport:
+        """Read every sample of every split of the configured source and report every problem at once.
+
+        Args:
+            model: unused (the CLI builds it; its weights are not fetched).
+            datamodule: the source and tasks to check (`mtcp.data.check`).
+            workers: reading processes (0: in this process).
+            strict: a warning fails the check too.
+        """
+        if datamodule is None:
+            raise ValueError("check-data needs a data module: pass a config with a data: section")
+        if workers < 0:
+            raise ValueError(f"check_data.workers must be >= 0; got {workers}")
+        self.data_report = check_data(datamodule.source, datamodule.tasks, workers)
+        self.data_report_strict = strict
+        return self.data_report
 
     def bench(
         self,
@@ -144,7 +167,7 @@ class MTCPCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "bench": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "bench": {"model", "datamodule"}, "check_data": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(f"--{BASE_KEY}", type=list[str] | None, default=None,
@@ -163,11 +186,13 @@ class MTCPCLI(LightningCLI):
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.add_lightning_class_args(PredictionGrid, "pictures")
         parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
+        parser.add_argument("--check_data", type=bool, default=False,
+                            help="fit: read every sample first and stop on any problem (mtcp check-data)")
 
     def instantiate_classes(self) -> None:
         """With ``--ckpt_path`` every weight comes from the checkpoint: build without fetching any."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        no_weights = config.get("ckpt_path") or self.subcommand == "bench"  # bench times random weights
+        no_weights = config.get("ckpt_path") or self.subcommand in ("bench", "check_data")  # random weights
         with weights_from_checkpoint() if no_weights else nullcontext():
             super().instantiate_classes()
 
@@ -211,6 +236,22 @@ class MTCPCLI(LightningCLI):
         if root is not None and init_args is not None and "root" in init_args:
             init_args.root = root
 
+    def before_fit(self) -> None:
+        """``--check_data true``: every sample of the dataset is read and checked before training starts."""
+        if self.config["fit"].get("check_data"):
+            report = check_data(self.datamodule.source, self.datamodule.tasks, workers=2)
+            if not report.ok():
+                raise ValueError(f"--check_data: the dataset has problems; fix them or run without the check\n"
+                                 f"{report.text()}")
+            print(report.text())
+
+    def after_check_data(self) -> None:
+        """Print the report; exit status 1 when the dataset has an error (or, with ``--strict``, a warning)."""
+        report = self.trainer.data_report
+        print(report.text())
+        if not report.ok(self.trainer.data_report_strict):
+            sys.exit(1)
+
     def before_bench(self) -> None:
         """``bench --compare``: the trainer builds each comparison network through `_comparison_model`."""
         self.trainer.build_comparison = self._comparison_model
@@ -246,12 +287,17 @@ class MTCPCLI(LightningCLI):
         path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+def _aliased(args: list[str]) -> list[str]:
+    """``mtcp check-data`` is the ``check_data`` command (a Trainer method name cannot hold a dash)."""
+    return ["check_data", *args[1:]] if args[:1] == ["check-data"] else args
+
+
 def cli_main(args: ArgsType = None, run: bool = True) -> MTCPCLI:
     """Run the CLI; ``args`` (a list or dict) lets tests and notebooks call it in-process."""
     if args is None:  # the command line: expand in place (DDP relaunches the other ranks with sys.argv)
-        sys.argv[1:] = expand_config_bases(sys.argv[1:])
+        sys.argv[1:] = expand_config_bases(_aliased(sys.argv[1:]))
     elif isinstance(args, list):
-        args = expand_config_bases(args)
+        args = expand_config_bases(_aliased(args))
     return MTCPCLI(
         MultiTaskModule,
         MultiTaskDataModule,

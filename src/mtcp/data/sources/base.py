@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch.utils.data import Dataset
 
@@ -44,6 +44,8 @@ class DataSource(ABC):
 
     #: tasks this source can provide labels for (names from `mtcp.tasks.TASKS`)
     tasks: tuple[str, ...] = ()
+    #: sample count of each split as published, for `mtcp check-data`; None: not known
+    published_split_sizes: ClassVar[dict[str, int] | None] = None
 
     @property
     @abstractmethod
@@ -54,6 +56,11 @@ class DataSource(ABC):
     @abstractmethod
     def image_size(self) -> tuple[int, int]:
         """The (H, W) that training crops and evaluation batches are brought to."""
+
+    @property
+    def expected_image_size(self) -> tuple[int, int] | None:
+        """(H, W) of every image of this copy's layout, for `mtcp check-data`; None: sizes vary."""
+        return None
 
     @abstractmethod
     def dataset(self, split: Split, tasks: Sequence[str]) -> Dataset:

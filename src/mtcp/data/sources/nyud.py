@@ -112,6 +112,7 @@ class NYUDv2(FolderSource):
     """
 
     tasks = ("semseg", "depth", "normals", "edge")
+    published_split_sizes = {"train": 795, "val": 654}
 
     def __init__(
         self,
@@ -155,6 +156,10 @@ class NYUDv2(FolderSource):
 
     @property
     def image_size(self) -> tuple[int, int]:
+        return _LAYOUT_SIZE[self.layout_suffix]
+
+    @property
+    def expected_image_size(self) -> tuple[int, int]:
         return _LAYOUT_SIZE[self.layout_suffix]
 
     def split_file(self, split: Split) -> Path:

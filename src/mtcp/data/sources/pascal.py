@@ -91,6 +91,7 @@ class PascalContext(FolderSource):
     """
 
     tasks = ("semseg", "human_parts", "sal", "normals", "edge")
+    published_split_sizes = {"train": 4998, "val": 5105}
 
     def __init__(self, root: str | None = None, skip_bad_samples: bool = False,
                  normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0),
