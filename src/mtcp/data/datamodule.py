@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -109,6 +109,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             if Path(root).expanduser() != Path(source_root):
                 raise ValueError(f"data.root={root!r} differs from the source's root {str(source_root)!r}")
         self._datasets: dict[Split, Dataset] = {}
+        self._resume: dict[str, int] | None = None  # where a resumed run's training order starts
 
     @property
     def task_channels(self) -> dict[str, int]:
@@ -130,6 +131,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         distributed = dist.is_available() and dist.is_initialized()
         if train:
             sampler = EpochShuffleSampler(ds, self.seed, distributed)
+            if self._resume is not None:
+                sampler.resume_at(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+                self._resume = None
         else:
             sampler = UnpaddedDistributedSampler(ds) if distributed else None
         return DataLoader(
@@ -142,6 +146,22 @@ class MultiTaskDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=self.train_collate if train else self.eval_collate,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands, for every checkpoint: the epoch and the batches the loop
+        has taken in it; at an epoch end, the next epoch from its first batch (`mtcp.data.samplers`)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        taken = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        if taken >= trainer.num_training_batches:
+            epoch, taken = epoch + 1, 0
+        return {"train_order": {"epoch": epoch, "batches": taken}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed run's training loader starts where the checkpoint's run stood."""
+        self._resume = state_dict.get("train_order")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

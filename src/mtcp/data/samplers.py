@@ -2,9 +2,12 @@
 
 `EpochShuffleSampler` draws the training order from (seed, epoch) alone and yields
 ``(epoch, index)`` keys, so the dataset can seed each sample's augmentation from the
-same key: a run with other worker counts, or resumed from a checkpoint written at an
-epoch end (``last.ckpt``), sees exactly the same training data. A checkpoint written
-mid-epoch restarts that epoch's order (Lightning does not restore a loader's position).
+same key: a run with other worker counts, or resumed from a checkpoint, sees exactly the
+same training data. The order being a function of (seed, epoch), a position in it is two
+numbers: the data module stores (epoch, batches taken) in every checkpoint and, on resume,
+starts the sampler there (`EpochShuffleSampler.resume_at`), so a run resumed from a
+mid-epoch checkpoint continues with the very next batch, whatever the loader's workers had
+prefetched when it was killed.
 
 `torch.utils.data.DistributedSampler` pads the index list so that every rank gets the
 same count; the duplicated samples would be counted twice by pooled metrics. This
@@ -30,9 +33,20 @@ class EpochShuffleSampler(DistributedSampler):
     def __init__(self, dataset, seed: int, distributed: bool) -> None:
         replicas = dict(num_replicas=1, rank=0) if not distributed else {}
         super().__init__(dataset, shuffle=True, seed=seed, drop_last=False, **replicas)
+        self._resume: tuple[int, int] | None = None  # (epoch, samples of this rank's order to leave out)
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Start at ``epoch``, leaving out the first ``samples`` of this rank's order of that epoch
+        (once: the next iteration of that epoch only)."""
+        self.set_epoch(epoch)
+        self._resume = (epoch, samples)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        return ((self.epoch, i) for i in super().__iter__())
+        order = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1]:]
+        self._resume = None
+        return ((self.epoch, i) for i in order)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
