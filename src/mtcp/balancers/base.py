@@ -19,7 +19,11 @@ One step, as the hooks see it:
   non-finite pooled loss stops training on every rank at this same step, with one message
   naming the tasks, ranks and sample ids, before any parameter update (so no NaN reaches a
   weight, and no rank waits in a collective for one that stopped);
-* ``on_train_batch_end``: the rule learns from the checked pooled losses (`update`).
+* ``on_train_batch_end``: the rule learns from the checked pooled losses (`update`), once per
+  optimizer step: with gradient accumulation (``trainer.accumulate_grad_batches``) it sees the
+  mean over the step's micro-batches, the loss of the batch that the step's gradient is for,
+  and the weights stay fixed within the step (FAMO compares the losses of two parameter
+  states, never of one state twice).
 
 Distributed training: every statistic is the pooled loss vector, identical on every rank,
 so every rank computes identical weights. Checkpointing: all state (weights, histories,
@@ -95,7 +99,7 @@ class Balancer(L.Callback):
         self._device_weights: tuple[Tensor | None, Tensor | None] = (None, None)  # (weights, their device copy)
         self._open: list[Tensor] = []  # [2, T] (local, pooled) per micro-batch since the last check, on device
         self._open_ids: list[list[Any]] = []
-        self._checked: list[Tensor] = []  # pooled losses read and checked, not yet learnt from (host)
+        self._checked: list[Tensor] = []  # an optimizer step's pooled losses, checked, not yet learnt from
         self._batch_ids: list[Any] = []
 
     @property
@@ -159,7 +163,7 @@ class Balancer(L.Callback):
         ids, self._open, self._open_ids = self._open_ids, [], []
         if not bool(torch.isfinite(stats[:, 1]).all()):  # pooled: the same verdict on every rank
             self._stop_on_non_finite(trainer, stats, ids)
-        self._checked.extend(stats[:, 1])
+        self._checked.append(stats[:, 1].mean(dim=0))  # one observation per optimizer step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
