@@ -235,6 +235,8 @@ class MTCPCLI(LightningCLI):
         init_args = (config.get("data.source") or {}).get("init_args")
         if root is not None and init_args is not None and "root" in init_args:
             init_args.root = root
+        if self.subcommand == "fit" and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+            _own_sweep_run_folder(config, Path("sweeps", os.environ["WANDB_SWEEP_ID"], os.environ["WANDB_RUN_ID"]))
 
     def before_fit(self) -> None:
         """``--check_data true``: every sample of the dataset is read and checked before training starts."""
@@ -285,6 +287,22 @@ class MTCPCLI(LightningCLI):
         path = Path(self.trainer.default_root_dir) / f"{stage}_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _own_sweep_run_folder(config: Any, sub: Path) -> None:
+    """A run started by a W&B sweep agent (which sets ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID``) writes into
+    ``<folder>/sweeps/<sweep id>/<run id>`` for each configured folder (the run folder, the loggers'
+    folders, the checkpoint folder): parallel agents on one filesystem never share a file."""
+    if config.get("trainer.default_root_dir"):
+        config["trainer.default_root_dir"] = str(Path(config["trainer.default_root_dir"]) / sub)
+    for key in ("checkpoint.dirpath", "last_checkpoint.dirpath"):  # (the link between them is already applied)
+        if config.get(key):
+            config[key] = str(Path(config[key]) / sub)
+    loggers = config.get("trainer.logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and init_args.get("save_dir"):
+            init_args.save_dir = str(Path(init_args.save_dir) / sub)
 
 
 def _aliased(args: list[str]) -> list[str]:

@@ -65,3 +65,35 @@ def test_an_unknown_swept_key_fails(tmp_path, monkeypatch):
     args = agent_args(sweep, run.config, tmp_path)
     with pytest.raises(SystemExit):
         cli_main(args + FAST)
+
+
+def test_parallel_sweep_runs_write_into_their_own_folders(tmp_path, monkeypatch):
+    """Two runs of one sweep (the agent sets WANDB_SWEEP_ID and WANDB_RUN_ID): the second run leaves
+    every file of the first as it was and writes its own checkpoint, logs and metrics beside them."""
+    import hashlib
+
+    sweep = yaml.safe_load(SWEEP_FILES[0].read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "s1")
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+             "--data.batch_size=2", "--data.num_workers=0", "--data.source.init_args.image_size=[64,64]",
+             "--model.net.init_args.backbone.init_args.name=test_convnext", "--model.net.init_args.dim=16",
+             "--trainer.enable_progress_bar=false"]
+
+    def files() -> dict[str, str]:
+        return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in tmp_path.rglob("*") if p.is_file() and p.name != "args.json"}
+
+    written = {}
+    for run_id in ("r1", "r2"):
+        monkeypatch.setenv("WANDB_RUN_ID", run_id)
+        before = files()
+        cli_main(agent_args(sweep, sweeps.next_run(sweep, []).config, tmp_path) + short)
+        after = files()
+        changed = [path for path, digest in before.items() if after.get(path) != digest]
+        assert not changed, changed  # nothing of the other run touched
+        written[run_id] = set(after) - set(before)
+    for run_id, paths in written.items():
+        assert f"runs/procedural/checkpoints/sweeps/s1/{run_id}/last.ckpt" in paths, sorted(paths)
+        assert any(p.startswith(f"runs/procedural/sweeps/s1/{run_id}/") for p in paths)

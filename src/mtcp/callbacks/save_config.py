@@ -28,5 +28,6 @@ class SaveConfigToLoggers(SaveConfigCallback):
             run = logger.experiment
             run.config.update(config, allow_val_change=True)
             path = Path(run.dir) / "mtcp_config.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)  # a disabled run's folder is never created
             path.write_text(text)
             run.save(str(path), base_path=run.dir, policy="now")
