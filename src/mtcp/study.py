@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = collect(study, out)
     summary["wall_seconds_this_call"] = time.monotonic() - start
     summary["finished"] = {
-        r.name: ([s for s in study.seeds_of(r) if (run_dir(out, r, s) / "test_metrics.json").is_file()],
-                 list(study.seeds_of(r)))
+        r.name: [[s for s in study.seeds_of(r) if (run_dir(out, r, s) / "test_metrics.json").is_file()],
+                 list(study.seeds_of(r))]
         for r in study.runs}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
