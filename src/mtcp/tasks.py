@@ -156,9 +156,10 @@ def headlines(names: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] |
 
 
 def colorize(task: str, value: Tensor, num_classes: int = 0, is_label: bool = False,
-              depth_range: visualize.Range = None) -> np.ndarray:
-    """A task's label or network output (one sample, no batch dim) as an RGB picture."""
-    return get_task(task).picture(value, num_classes, is_label, depth_range)
+             depth_range: visualize.Range = None, palette: str = "voc") -> np.ndarray:
+    """A task's label or network output (one sample, no batch dim) as an RGB picture; class maps in
+    ``palette`` (`mtcp.visualize.PALETTES`; a data source's ``palettes`` name each task's)."""
+    return get_task(task).picture(value, num_classes, is_label, depth_range, palette)
 
 
 def check_task_names(names: Sequence[str], setting: str = "data.tasks") -> list[str]:

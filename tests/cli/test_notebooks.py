@@ -36,15 +36,18 @@ def test_explore_notebook_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_inference_notebook_runs_on_a_checkpoint_and_an_image(tmp_path):
+def test_inference_notebook_runs_on_a_checkpoint_and_a_folder_of_pictures(tmp_path):
     cli_main(["fit", *TINY_RUN, "--trainer.limit_train_batches=1", f"--trainer.default_root_dir={tmp_path}",
               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ck'}"])
     from PIL import Image
 
-    Image.new("RGB", (70, 50), (120, 80, 40)).save(tmp_path / "photo.jpg")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (70, 50), (120, 80, 40)).save(tmp_path / "photos" / "photo.jpg")
+    Image.new("RGB", (900, 33), (20, 80, 40)).save(tmp_path / "photos" / "wide.png")  # wider than the grid
     nb = execute("inference.ipynb", {"MTCP_CHECKPOINT": str(tmp_path / "ck" / "last.ckpt"),
-                                     "MTCP_IMAGE": str(tmp_path / "photo.jpg")}, tmp_path)
+                                     "MTCP_IMAGES": str(tmp_path / "photos")}, tmp_path)
     shapes = next(o for c in nb.cells if c.cell_type == "code" and "tuple(p.shape)" in c.source
-                  for o in c.outputs if "data" in o)
-    assert "(1, 1, 50, 70)" in shapes["data"]["text/plain"]  # depth at the photo's odd size
+                  for o in c.outputs if "data" in o)["data"]["text/plain"]
+    assert "'photo': {" in shapes and "(1, 50, 70)" in shapes  # depth at the photo's odd size
+    assert "'wide': {" in shapes and "(1, 33, 900)" in shapes
     assert images(nb) >= 1

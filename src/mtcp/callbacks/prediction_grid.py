@@ -39,11 +39,13 @@ def _fit(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], task_channels: dict[str, int],
-                    num_samples: int, gap: int = 2) -> np.ndarray:
+                    num_samples: int, gap: int = 2, palettes: dict[str, str] | None = None) -> np.ndarray:
     """Compose image | (label, prediction) per task for the first ``num_samples`` samples.
 
-    ``outputs`` are on the input grid; they are mapped onto each label's grid first.
+    ``outputs`` are on the input grid; they are mapped onto each label's grid first. Class maps
+    are drawn in ``palettes`` (task -> palette name; the data module's ``drawing``), else VOC.
     """
+    palettes = palettes or {}
     n = min(num_samples, batch["image"].shape[0])
     batch = _first(batch, n)
     outputs = align_outputs(Predictions({t: y[:n] for t, y in outputs.items()}), batch).final
@@ -56,8 +58,9 @@ def prediction_grid(batch: dict[str, Any], outputs: dict[str, torch.Tensor], tas
             if isinstance(get_task(task).label, PositiveScalar):  # label and prediction on one colour scale
                 valid = label[label > 0]
                 depth_range = (float(valid.min()), float(valid.max())) if valid.numel() else None
-            tiles.append(colorize(task, label, channels, is_label=True, depth_range=depth_range))
-            tiles.append(colorize(task, outputs[task][i], channels, depth_range=depth_range))
+            palette = palettes.get(task, "voc")
+            tiles.append(colorize(task, label, channels, is_label=True, depth_range=depth_range, palette=palette))
+            tiles.append(colorize(task, outputs[task][i], channels, depth_range=depth_range, palette=palette))
         size = tiles[1].shape[:2] if len(tiles) > 1 else tiles[0].shape[:2]
         tiles = [_fit(t, size) for t in tiles]
         h = size[0]
@@ -95,7 +98,9 @@ class PredictionGrid(L.Callback):
             return
         with torch.no_grad():
             outputs = pl_module(batch["image"][: self.num_samples]).final
-        grid = prediction_grid(batch, outputs, pl_module.task_channels, self.num_samples)
+        drawing = getattr(getattr(trainer, "datamodule", None), "drawing", {"palettes": {}})
+        grid = prediction_grid(batch, outputs, pl_module.task_channels, self.num_samples,
+                               palettes=drawing["palettes"])
         self.publish(trainer, grid)
 
     def publish(self, trainer: L.Trainer, grid: np.ndarray) -> Path:

@@ -116,6 +116,23 @@ class MultiTaskDataModule(L.LightningDataModule):
         """Output width of every task, in task order (linked to the model by the CLI)."""
         return {t: get_task(t).out_channels(self.source.num_classes) for t in self.tasks}
 
+    @property
+    def drawing(self) -> dict[str, dict[str, Any]]:
+        """How the class tasks are drawn: ``palettes`` (task -> `mtcp.visualize.PALETTES` name, VOC
+        where the source names none) and ``class_names`` (task -> names, where known). Saved in every
+        checkpoint, so pictures of a model's predictions on other images use its dataset's colours."""
+        classes = [t for t in self.tasks if get_task(t).channels is None]  # widths = the source's class counts
+        names = self.source.class_names
+        return {"palettes": {t: self.source.palettes.get(t, "voc") for t in classes},
+                "class_names": {t: list(names[t]) for t in classes if t in names}}
+
+    def setup(self, stage: str) -> None:
+        """A source without labels (`mtcp.data.sources.image_folder.ImageFolder`) serves predict only."""
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn
+        if not self.source.labelled and stage != "predict":
+            raise ValueError(f"data.source: {type(self.source).__name__} has no labels, so it cannot {stage}; "
+                             "use it with mtcp predict (fit, validate and test need a labelled dataset)")
+
     def dataset(self, split: Split) -> Dataset:
         """The (augmented, for train) dataset of ``split``, built once."""
         if split not in self._datasets:
@@ -148,16 +165,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training order stands, for every checkpoint: the epoch and the batches the loop
-        has taken in it; at an epoch end, the next epoch from its first batch (`mtcp.data.samplers`)."""
+        """What every checkpoint keeps of the data: how its classes are drawn (`drawing`) and, in fit,
+        where the training order stands: the epoch and the batches the loop has taken in it; at an
+        epoch end, the next epoch from its first batch (`mtcp.data.samplers`)."""
         trainer = self.trainer
+        state: dict[str, Any] = {"drawing": self.drawing}
         if trainer is None or trainer.state.fn != "fit":
-            return {}
+            return state
         taken = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         epoch = int(trainer.current_epoch)
         if taken >= trainer.num_training_batches:
             epoch, taken = epoch + 1, 0
-        return {"train_order": {"epoch": epoch, "batches": taken}}
+        return {**state, "train_order": {"epoch": epoch, "batches": taken}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """A resumed run's training loader starts where the checkpoint's run stood."""

@@ -46,6 +46,13 @@ class DataSource(ABC):
     tasks: tuple[str, ...] = ()
     #: sample count of each split as published, for `mtcp check-data`; None: not known
     published_split_sizes: ClassVar[dict[str, int] | None] = None
+    #: False for pictures without labels (`ImageFolder`): only ``predict`` may use the source
+    labelled: ClassVar[bool] = True
+    #: palette name (`mtcp.visualize.PALETTES`) of each class task, as papers draw the dataset;
+    #: a task not named here is drawn with the VOC colour map
+    palettes: dict[str, str] = {}
+    #: class names of each class task, in label order, for the palettes' legends
+    class_names: dict[str, tuple[str, ...]] = {}
 
     @property
     @abstractmethod

@@ -57,6 +57,14 @@ from mtcp.data.sources.files import (
 from mtcp.labels import IGNORE_INDEX
 
 NUM_CLASSES = 40
+#: the 40 classes of Gupta et al. (CVPR 2013), in label order (0 = wall)
+CLASS_NAMES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
+    "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box",
+    "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "other structure",
+    "other furniture", "other prop",
+)
 #: NYU-v2 colour camera (fx, fy, cx, cy) for the 480 x 640 (H x W) grid
 NYU_INTRINSICS = (518.86, 519.47, 325.58, 253.74)
 NYU_INTRINSICS_SIZE = (480, 640)
@@ -113,6 +121,8 @@ class NYUDv2(FolderSource):
 
     tasks = ("semseg", "depth", "normals", "edge")
     published_split_sizes = {"train": 795, "val": 654}
+    palettes = {"semseg": "nyud40"}
+    class_names = {"semseg": CLASS_NAMES}
 
     def __init__(
         self,

@@ -47,10 +47,15 @@ from mtcp.data.sources.files import (
 )
 from mtcp.data.sources.nyud import decode_normals
 from mtcp.data.sources.pascal_context_classes import NORMALS_VALID_IDS
-from mtcp.data.sources.pascal_parts import NUM_PART_CLASSES, PERSON_WITHOUT_PARTS, read_human_parts
+from mtcp.data.sources.pascal_parts import NUM_PART_CLASSES, PART_NAMES, PERSON_WITHOUT_PARTS, read_human_parts
 from mtcp.labels import IGNORE_INDEX
 
 NUM_CLASSES = 21
+#: the PASCAL VOC classes, in label order (0 = background)
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor",
+)
 _CONTEXT_DIR = ("pascal-context", "trainval")
 #: folders each task's labels come from (checked when the task is requested)
 _TASK_DIRS: dict[str, tuple[str, ...]] = {
@@ -92,6 +97,8 @@ class PascalContext(FolderSource):
 
     tasks = ("semseg", "human_parts", "sal", "normals", "edge")
     published_split_sizes = {"train": 4998, "val": 5105}
+    palettes = {"semseg": "voc", "human_parts": "parts"}
+    class_names = {"semseg": CLASS_NAMES, "human_parts": PART_NAMES}
 
     def __init__(self, root: str | None = None, skip_bad_samples: bool = False,
                  normals_signs: tuple[float, float, float] = (1.0, 1.0, 1.0),

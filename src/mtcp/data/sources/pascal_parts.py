@@ -37,6 +37,8 @@ from mtcp.labels import IGNORE_INDEX
 
 PERSON_CLASS_IND = 15
 NUM_PART_CLASSES = 7  # background + 6 parts
+PART_NAMES = ("background", "head", "torso", "upper arms", "lower arms and hands", "upper legs",
+              "lower legs and feet")
 
 PART_IDS: dict[str, int] = {
     **dict.fromkeys(("head", "hair", "lear", "rear", "leye", "reye", "lebrow", "rebrow", "nose", "mouth"), 1),

@@ -71,6 +71,8 @@ class ProceduralScenes(DataSource):
     """
 
     tasks = ("semseg", "depth", "normals", "human_parts", "sal", "edge")
+    palettes = {"semseg": "nyud40", "human_parts": "parts"}  # class 0 (floor) gets a colour, as NYUD's wall
+    class_names = {"semseg": SEMSEG_CLASSES, "human_parts": HUMAN_PART_CLASSES}
 
     def __init__(
         self,
