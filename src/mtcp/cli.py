@@ -26,21 +26,31 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtcp.balancers import Balancer
 from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
+from mtcp.callbacks.prediction_writer import PredictionWriter
 from mtcp.callbacks.save_config import SaveConfigToLoggers
 from mtcp.checkpoint_io import AtomicCheckpointIO
 from mtcp.data.check import DataReport, check_data
 from mtcp.data.datamodule import MultiTaskDataModule
 from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
+from mtcp.tasks import TASKS
 
 #: why a checkpoint was refused (torch.load with weights_only=True met an object it will not rebuild)
 UNSAFE_CHECKPOINT = ("the checkpoint holds objects beyond tensors and plain containers, which loading would "
@@ -205,6 +215,8 @@ class MTCPCLI(LightningCLI):
             callbacks.append(RichProgressBar(leave=True))
         if trainer.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor("step"))
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(PredictionWriter())  # `mtcp predict` writes its predictions (configs/predict.yaml)
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -235,6 +247,11 @@ class MTCPCLI(LightningCLI):
         init_args = (config.get("data.source") or {}).get("init_args")
         if root is not None and init_args is not None and "root" in init_args:
             init_args.root = root
+        if self.subcommand == "predict":
+            if config.get("return_predictions") is None:
+                config["return_predictions"] = False  # the writer consumes each batch; do not also keep it all
+            if init_args is not None and config.get("ckpt_path"):
+                _settings_from_checkpoint(init_args, Path(config["ckpt_path"]))
         if self.subcommand == "fit" and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
             _own_sweep_run_folder(config, Path("sweeps", os.environ["WANDB_SWEEP_ID"], os.environ["WANDB_RUN_ID"]))
 
@@ -287,6 +304,27 @@ class MTCPCLI(LightningCLI):
         path = Path(self.trainer.default_root_dir) / f"{stage}_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _settings_from_checkpoint(init_args: Any, ckpt_path: Path) -> None:
+    """A source's ``num_classes``, ``palettes`` and ``class_names`` left at None (`ImageFolder`: pictures
+    without labels) are the training data's: read from the checkpoint (its tasks' output widths and the
+    data module's ``drawing``)."""
+    wanted = [key for key in ("num_classes", "palettes", "class_names") if key in init_args and init_args[key] is None]
+    if not wanted:
+        return
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file (a checkpoint written by mtcp fit)")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    channels = checkpoint.get("hyper_parameters", {}).get("task_channels")
+    if not channels:
+        raise ValueError(f"ckpt_path={str(ckpt_path)!r} names no task_channels in its hyper_parameters: "
+                         "not a checkpoint of mtcp fit; set data.source.init_args.num_classes")
+    drawing = checkpoint.get(MultiTaskDataModule.__qualname__, {}).get("drawing", {})
+    found = {"num_classes": {t: int(c) for t, c in channels.items() if t in TASKS and TASKS[t].channels is None},
+             "palettes": drawing.get("palettes", {}), "class_names": drawing.get("class_names", {})}
+    for key in wanted:
+        init_args[key] = found[key]
 
 
 def _own_sweep_run_folder(config: Any, sub: Path) -> None:
