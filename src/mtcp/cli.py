@@ -38,6 +38,7 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtcp.balancers import Balancer
@@ -45,6 +46,7 @@ from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.prediction_writer import PredictionWriter
 from mtcp.callbacks.save_config import SaveConfigToLoggers
+from mtcp.callbacks.weight_chart import WeightChart
 from mtcp.checkpoint_io import AtomicCheckpointIO
 from mtcp.data.check import DataReport, check_data
 from mtcp.data.datamodule import MultiTaskDataModule
@@ -215,6 +217,9 @@ class MTCPCLI(LightningCLI):
             callbacks.append(RichProgressBar(leave=True))
         if trainer.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor("step"))
+        loggers = trainer.get("logger")
+        if any(isinstance(lg, WandbLogger) for lg in (loggers if isinstance(loggers, list) else [loggers])):
+            callbacks.append(WeightChart())  # all tasks' weights in one W&B chart
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks.append(PredictionWriter())  # `mtcp predict` writes its predictions (configs/predict.yaml)
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})

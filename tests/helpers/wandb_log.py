@@ -46,3 +46,9 @@ def history_keys(path: Path) -> set[str]:
 def config_keys(path: Path) -> set[str]:
     return {item.key or "/".join(item.nested_key) for r in records(path) if r.WhichOneof("record_type") == "config"
             for item in r.config.update}
+
+
+def artifacts(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(type, name, file paths of the manifest) of every artifact the run logged."""
+    return [(r.artifact.type, r.artifact.name, [entry.path for entry in r.artifact.manifest.contents])
+            for r in records(path) if r.WhichOneof("record_type") == "artifact"]

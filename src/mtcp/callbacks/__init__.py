@@ -3,5 +3,6 @@
 from mtcp.callbacks.last_checkpoint import LastCheckpoint
 from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.prediction_writer import PredictionWriter
+from mtcp.callbacks.weight_chart import WeightChart
 
-__all__ = ["LastCheckpoint", "PredictionGrid", "PredictionWriter"]
+__all__ = ["LastCheckpoint", "PredictionGrid", "PredictionWriter", "WeightChart"]
