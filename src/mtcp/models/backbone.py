@@ -49,6 +49,38 @@ def building_from_checkpoint() -> bool:
     return _WEIGHTS_FROM_CHECKPOINT.get()
 
 
+_NAME_SETTING = "model.net.init_args.backbone.init_args.name"
+
+
+def timm_name(name: str, from_hub: bool) -> str:
+    """The name to hand timm for a backbone name as users write it: a timm model, with or without a
+    pretrained tag (``swin_small_patch4_window7_224.ms_in1k``), or a Hugging Face hub repo
+    (``hf-hub:timm/swin_small_patch4_window7_224.ms_in1k``).
+
+    Only ``from_hub`` (``pretrained: true`` without a local file) keeps an ``hf-hub:`` name, for timm
+    to fetch its config and weights. Otherwise nothing may reach the hub (random weights, a local
+    ``checkpoint_path``, a model rebuilt from a checkpoint): timm's own repos are named
+    ``timm/<architecture>.<tag>``, so that name is the timm model to build.
+    """
+    if name.startswith("hf-hub:"):
+        if from_hub:
+            return name
+        org, _, model = name[len("hf-hub:"):].partition("/")
+        if org != "timm" or not timm.is_model(model):
+            raise ValueError(
+                f"{_NAME_SETTING}={name!r}: without pretrained: true only timm's own hub repos "
+                "(hf-hub:timm/<model>.<tag>) can be built offline; use pretrained: true (internet) or a timm name"
+            )
+        return model
+    if not timm.is_model(name):
+        raise ValueError(
+            f"{_NAME_SETTING}={name!r} is not a timm model; see timm.list_models(), e.g. 'resnet18', "
+            "'convnext_tiny', 'swin_small_patch4_window7_224.ms_in1k', 'vit_small_patch16_224' (a pretrained "
+            "tag after the dot is optional)"
+        )
+    return name
+
+
 class SimplePyramid(nn.Module):
     """Build strides 4..32 from one stride-16 map (for plain ViTs)."""
 
@@ -73,7 +105,8 @@ class TimmBackbone(nn.Module):
     ``feature_info`` declares the maps' channels and strides; decoders are built from it.
 
     Args:
-        name: timm model name (``timm.list_models()``), e.g. ``swin_small_patch4_window7_224``.
+        name: timm model name (``timm.list_models()``), optionally with a pretrained tag
+            (``swin_small_patch4_window7_224.ms_in1k``), or ``hf-hub:timm/<model>.<tag>`` (`timm_name`).
         pretrained: download timm's weights (needs internet; ignored when
             ``checkpoint_path`` is given).
         checkpoint_path: local ``.pth``/``.safetensors`` weights for the model.
@@ -109,14 +142,10 @@ class TimmBackbone(nn.Module):
                 )
             pretrained = True
             kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-        if not timm.is_model(name):
-            raise ValueError(
-                f"backbone name {name!r} is not a timm model; see timm.list_models(), e.g. "
-                "'resnet18', 'convnext_tiny', 'swin_small_patch4_window7_224', 'vit_small_patch16_224'"
-            )
         self.name = name
         try:
-            self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+            self.body = timm.create_model(timm_name(name, from_hub=pretrained and checkpoint_path is None),
+                                          pretrained=pretrained, features_only=True, **kwargs)
         except TypeError as err:  # e.g. img_size for a convnet: name the setting, not timm's internals
             raise ValueError(
                 f"backbone {name!r} does not accept {sorted(kwargs)} (model.net.init_args.backbone.init_args): "
