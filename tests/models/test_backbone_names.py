@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import huggingface_hub
 import pytest
+import timm
 import torch
 
 from mtcp.models.backbone import TimmBackbone, weights_from_checkpoint
@@ -40,3 +43,26 @@ def test_names_that_cannot_be_built_offline_are_named():
         TimmBackbone("hf-hub:someone/net")
     with pytest.raises(ValueError, match=r"backbone.init_args.name='resnet_18' is not a timm model"):
         TimmBackbone("resnet_18")
+
+
+def test_unknown_names_and_tags_list_what_timm_has():
+    with pytest.raises(ValueError, match=r"'resnet_18' is not a timm model .*close matches: \[.*'resnet18'"):
+        TimmBackbone("resnet_18")
+    with pytest.raises(ValueError, match=r"'hf-hub:timm/swin_smal_patch4_window7_224.ms_in1k' is not a timm model "
+                                         r".*close matches: \['swin_small_patch4_window7_224'"):
+        TimmBackbone("hf-hub:timm/swin_smal_patch4_window7_224.ms_in1k")
+    with pytest.raises(ValueError, match=r"no pretrained tag 'ms_in1K' for 'test_convnext'; its tags: \['r160_in1k'\]"):
+        TimmBackbone("test_convnext.ms_in1K")
+
+
+@pytest.mark.parametrize("name", ["test_convnext.r160_in1k", "hf-hub:timm/test_convnext.r160_in1k"])
+def test_a_local_checkpoint_path_with_a_tagged_or_hub_name_never_fetches(name, tmp_path, no_hub):
+    weights = timm.create_model("test_convnext").state_dict()  # a file of timm's layout, as checkpoint_path takes
+    weights = {key: torch.randn_like(value) if value.is_floating_point() else value for key, value in weights.items()}
+    torch.save(weights, tmp_path / "weights.pth")
+    loaded = TimmBackbone(name, checkpoint_path=str(tmp_path / "weights.pth")).body.state_dict()
+    # features_only renames the top modules (stem.0 -> stem_0); every weight but the classifier's is the file's
+    body = {key: value for key, value in weights.items() if not key.startswith("head.")}
+    assert len(body) == len(loaded)
+    for key, value in body.items():
+        assert torch.equal(loaded[re.sub(r"^(stem|stages)\.(\d+)", r"\1_\2", key)], value), key

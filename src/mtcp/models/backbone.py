@@ -11,6 +11,7 @@ weight, so rebuilding a trained model never needs the hub or the original file.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,6 +20,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import split_model_name_tag
 from torch import Tensor, nn
 
 from mtcp.models.outputs import FeatureInfo
@@ -66,18 +68,36 @@ def timm_name(name: str, from_hub: bool) -> str:
         if from_hub:
             return name
         org, _, model = name[len("hf-hub:"):].partition("/")
-        if org != "timm" or not timm.is_model(model):
+        if org != "timm":
             raise ValueError(
                 f"{_NAME_SETTING}={name!r}: without pretrained: true only timm's own hub repos "
-                "(hf-hub:timm/<model>.<tag>) can be built offline; use pretrained: true (internet) or a timm name"
+                "(hf-hub:timm/<model>.<tag>) can be built offline (random weights, checkpoint_path, or a model "
+                "rebuilt from a checkpoint); use pretrained: true (internet) or a timm model name"
             )
-        return model
-    if not timm.is_model(name):
+        return known_timm_name(model, written=name)
+    return known_timm_name(name)
+
+
+def known_timm_name(name: str, written: str | None = None) -> str:
+    """``name`` (``<model>`` or ``<model>.<tag>``) if the installed timm builds it; else a ValueError that
+    names the setting and the close matches (models), or the tags timm has for that model."""
+    written = name if written is None else written
+    arch, tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        hint = f"close matches: {close}" if close else "see timm.list_models()"
         raise ValueError(
-            f"{_NAME_SETTING}={name!r} is not a timm model; see timm.list_models(), e.g. 'resnet18', "
+            f"{_NAME_SETTING}={written!r} is not a timm model (timm {timm.__version__}; {hint}); e.g. 'resnet18', "
             "'convnext_tiny', 'swin_small_patch4_window7_224.ms_in1k', 'vit_small_patch16_224' (a pretrained "
             "tag after the dot is optional)"
         )
+    if tag:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        if tag not in tags:
+            raise ValueError(
+                f"{_NAME_SETTING}={written!r}: timm {timm.__version__} has no pretrained tag {tag!r} for {arch!r}; "
+                f"its tags: {tags or 'none'} (or write {arch!r} without a tag)"
+            )
     return name
 
 
