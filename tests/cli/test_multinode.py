@@ -20,9 +20,22 @@ TORCHRUN = {"RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "GROUP_RANK": "1"
             "TORCHELASTIC_RUN_ID": "r1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
 
 
+@pytest.fixture
+def restore_rank_zero():
+    """Building a trainer with these variables makes this process "rank 3" for Lightning's rank-zero-only
+    helpers (logging, loggers' experiments); the following tests run as rank 0 again."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    saved = rank_zero_only.rank, fabric_rank_zero.rank
+    yield
+    rank_zero_only.rank, fabric_rank_zero.rank = saved
+
+
 @pytest.mark.parametrize("env,kind,global_rank,node_rank,local_rank", [
     (SLURM, SLURMEnvironment, 3, 1, 1), (TORCHRUN, TorchElasticEnvironment, 2, 1, 0)], ids=["slurm", "torchrun"])
-def test_the_launchers_variables_give_the_ranks(env, kind, global_rank, node_rank, local_rank, monkeypatch, tmp_path):
+def test_the_launchers_variables_give_the_ranks(env, kind, global_rank, node_rank, local_rank, monkeypatch, tmp_path,
+                                                restore_rank_zero):
     for key in [*SLURM, *TORCHRUN]:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
