@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtcp.tasks",),
     ("mtcp.data", "mtcp.balancers"),
     ("mtcp.module", "mtcp.callbacks", "mtcp.checkpoint_io"),
-    ("mtcp.bench",),
+    ("mtcp.bench", "mtcp.export"),
     ("mtcp.cli", "mtcp.__main__", "mtcp.study"),
 ]
 #: what the network must never know about

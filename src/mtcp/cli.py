@@ -1,4 +1,4 @@
-"""Command-line entry point: ``mtcp fit|validate|test|predict --config ...``.
+"""Command-line entry point: ``mtcp fit|validate|test|predict|bench|check-data|export --config ...``.
 
 A LightningCLI over `MultiTaskModule` and `MultiTaskDataModule`. The data module
 tells the model its tasks' output widths (argument link), the balancer is a required
@@ -17,6 +17,8 @@ to the file), the presets it stacks on; ``--config file`` then reads as ``--conf
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import pickle
@@ -50,6 +52,7 @@ from mtcp.callbacks.weight_chart import WeightChart
 from mtcp.checkpoint_io import AtomicCheckpointIO
 from mtcp.data.check import DataReport, check_data
 from mtcp.data.datamodule import MultiTaskDataModule
+from mtcp.export import ExportReport
 from mtcp.models.backbone import weights_from_checkpoint
 from mtcp.module import MultiTaskModule
 from mtcp.tasks import TASKS
@@ -107,14 +110,16 @@ def expand_config_bases(args: list[str]) -> list[str]:
 
 
 class MTCPTrainer(Trainer):
-    """Lightning's Trainer with two more commands, ``bench`` and ``check_data`` (``mtcp bench``,
-    ``mtcp check-data``)."""
+    """Lightning's Trainer with three more commands, ``bench``, ``check_data`` and ``export``
+    (``mtcp bench``, ``mtcp check-data``, ``mtcp export``)."""
 
     #: builds the network of a config stacked over this run's configuration (set by `MTCPCLI.before_bench`)
     build_comparison: Callable[[str], MultiTaskModule] | None = None
     #: what the last ``check_data`` found, and whether a warning fails it (read by `MTCPCLI.after_check_data`)
     data_report: DataReport | None = None
     data_report_strict: bool = False
+    #: what the last ``export`` wrote (printed by `MTCPCLI.after_export`)
+    export_report: ExportReport | None = None
 
     def check_data(self, model: MultiTaskModule, datamodule: MultiTaskDataModule | None = None,
                    workers: int = 2, strict: bool = False) -> DataReport:
@@ -133,6 +138,75 @@ class MTCPTrainer(Trainer):
         self.data_report = check_data(datamodule.source, datamodule.tasks, workers)
         self.data_report_strict = strict
         return self.data_report
+
+    def export(
+        self,
+        model: MultiTaskModule,
+        datamodule: MultiTaskDataModule | None = None,
+        ckpt_path: str | None = None,
+        output: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        dynamic_size: bool | None = None,
+        check: bool | None = None,
+        tolerance: float = 1e-3,
+        opset: int | None = None,
+        weights_only: bool | None = None,
+    ) -> ExportReport:
+        """Write the trained network as ONNX (`mtcp.export`), checked against PyTorch under onnxruntime.
+
+        Args:
+            model: the module the checkpoint was trained as (built from the config and the checkpoint's
+                hyper-parameters).
+            datamodule: gives the default export size (its source's ``image_size``).
+            ckpt_path: the checkpoint of ``mtcp fit`` whose weights are exported (required).
+            output: the ``.onnx`` file; None: ``<trainer.default_root_dir>/model.onnx``.
+            height, width: the example input's size, the graph's only size where it cannot be dynamic;
+                None: the data's ``image_size``.
+            dynamic_size: dynamic height and width; None: where the network allows (not with Swin
+                window attention, `mtcp.export.size_dependent_parts`).
+            check: run the file under onnxruntime on batches of 1 and 3 (and another size when dynamic)
+                and compare with PyTorch; None: when onnxruntime is installed (``mtcp[export]``).
+            tolerance: the largest absolute difference the check accepts (fp32 graphs agree to ~1e-6).
+            opset: ONNX opset; None: the exporter's default.
+            weights_only: load only tensors from the checkpoint (default True; see ``mtcp fit --help``).
+        """
+        from mtcp.export import export_onnx, onnx_errors
+
+        if (height is None) != (width is None) or any(v is not None and v <= 0 for v in (height, width)):
+            raise ValueError(f"export: --height and --width are two positive sizes given together; "
+                             f"got height={height}, width={width}")
+        if not ckpt_path:
+            raise ValueError("export needs --ckpt_path: the checkpoint (written by mtcp fit) whose weights to export")
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r} is not a file (a checkpoint written by mtcp fit)")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only is not False)
+        if "state_dict" not in checkpoint:
+            raise ValueError(f"ckpt_path={ckpt_path!r} holds no state_dict: not a checkpoint of mtcp fit")
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        if height is None:
+            if datamodule is None:
+                raise ValueError("export: give --height and --width (no data module to take the image size from)")
+            height, width = datamodule.source.image_size
+        path = Path(output) if output else Path(self.default_root_dir) / "model.onnx"
+        report = export_onnx(model, path, (height, width), dynamic_size, opset)
+        if check is None:
+            check = importlib.util.find_spec("onnxruntime") is not None
+            if not check:
+                print("export: not checked under onnxruntime, which is not installed (pip install 'mtcp[export]')")
+        if check:
+            images = [torch.rand(1, 3, height, width), torch.rand(3, 3, height, width)]
+            if report.dynamic_size:
+                images.append(torch.rand(2, 3, height + 7, width + 13))  # not a multiple of any stride
+            errors = onnx_errors(path, model, images)
+            report = dataclasses.replace(report, max_abs_error=errors)
+            worst = max(errors, key=errors.get)
+            if not errors[worst] <= tolerance:
+                raise ValueError(f"export: {path} disagrees with PyTorch on {worst!r} by {errors[worst]:.3g} "
+                                 f"(max abs; tolerance {tolerance:g}); please report this network and opset")
+        self.export_report = report
+        return report
 
     def bench(
         self,
@@ -179,7 +253,8 @@ class MTCPCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "bench": {"model", "datamodule"}, "check_data": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "bench": {"model", "datamodule"}, "check_data": {"model", "datamodule"},
+                "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(f"--{BASE_KEY}", type=list[str] | None, default=None,
@@ -204,7 +279,7 @@ class MTCPCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """With ``--ckpt_path`` every weight comes from the checkpoint: build without fetching any."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        no_weights = config.get("ckpt_path") or self.subcommand in ("bench", "check_data")  # random weights
+        no_weights = config.get("ckpt_path") or self.subcommand in ("bench", "check_data", "export")
         with weights_from_checkpoint() if no_weights else nullcontext():
             super().instantiate_classes()
 
@@ -275,6 +350,9 @@ class MTCPCLI(LightningCLI):
         print(report.text())
         if not report.ok(self.trainer.data_report_strict):
             sys.exit(1)
+
+    def after_export(self) -> None:
+        print(self.trainer.export_report.text())
 
     def before_bench(self) -> None:
         """``bench --compare``: the trainer builds each comparison network through `_comparison_model`."""

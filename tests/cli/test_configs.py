@@ -16,7 +16,7 @@ from mtcp.cli import cli_main
 from mtcp.models.backbone import weights_from_checkpoint
 
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"sweeps", "studies"} & set(p.parts))
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "bench", "check-data")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "bench", "check-data", "export")
 
 
 def recipes() -> list[tuple[str, str]]:

@@ -14,11 +14,10 @@ from mtcp.models.outputs import Predictions
 
 
 def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
+    """Zero-pad at the bottom/right to a multiple of ``multiple``, without a branch on the size, so a
+    graph traced at one size (``mtcp export`` with dynamic height/width) pads right at every size."""
     h, w = image.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return image
-    return F.pad(image, (0, pw, 0, ph))
+    return F.pad(image, (0, -w % multiple, 0, -h % multiple))
 
 
 def crop_outputs(outputs: Predictions, size: tuple[int, int]) -> Predictions:
