@@ -33,11 +33,14 @@ Measured:
   resident size before the step (delta). No allocation hooks (tracemalloc does not see
   torch's allocations), no sampling thread; it needs Linux, and reads "n/a" elsewhere.
   The peak of a run is the largest over its timed steps.
-- ``--compare CONFIG`` (several: ``--compare [A,B]`` or ``--compare A --compare+=B``): a
-  second network from this run's configuration with CONFIG stacked on top, timed in the
-  same run with the steps alternated (ABAB...) so that machine drift hits both alike; the
-  ratios (second / first) of images/s and peak memory are printed. Totals of compared
-  networks include each other's resident weights.
+- ``--compare CONFIG`` (several: ``--compare [A,B]`` or ``--compare A --compare+=B``; ``A+B``
+  stacks two files for one network): a second network from this run's configuration with
+  CONFIG stacked on top, timed in the same run with the steps alternated (ABAB...) so that
+  machine drift hits both alike; the ratios (second / first) of images/s and peak memory
+  are printed. Each network runs at its own configuration's precision (``--compare
+  configs/trainer/bf16.yaml`` times bf16 against this run's fp32) and its MFU is against
+  the peak of its own dtype. Totals of compared networks include each other's resident
+  weights.
 """
 
 from __future__ import annotations
@@ -275,6 +278,7 @@ def run(
     threads: int | None = None,
     compare: Mapping[str, MultiTaskModule] | None = None,
     matmul_size: int = 2048,
+    compare_bf16: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Measure ``module``'s network (and each of ``compare``'s, by name, alternated with it), print the
     table; returns the numbers (for tests and scripts).
@@ -285,13 +289,15 @@ def run(
     (peak bytes in all), with ``peak_flops`` (the matmul peak, FLOP/s) and ``tasks``. With ``compare``,
     ``results["compare"][name]`` holds the same figures of that network and ``results["ratios"][name]``
     its ratios to the first (``train_ips``, ``infer_ips``, ``train_peak_total``, ``infer_peak_total``,
-    ``train_mem``, ``infer_mem``: second / first).
+    ``train_mem``, ``infer_mem``: second / first). ``compare_bf16[name]`` runs that network under
+    bf16 autocast or not (default: as the first); every network's ``bf16`` and ``peak_flops`` (the
+    peak its MFU divides by) are in its figures.
     """
     if threads:
         torch.set_num_threads(threads)
     modules = {"": module, **(compare or {})}
+    in_bf16 = {key: (compare_bf16 or {}).get(key, bf16) for key in modules} | {"": bf16}
     b, h, w = batch_size, height, width
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     figures: dict[str, dict[str, Any]] = {}
     train_steps: dict[str, Callable[[], None]] = {}
@@ -301,10 +307,16 @@ def run(
         mod = mod.to(device)
         batch = random_batch(channels, b, h, w, device)
         params, flops, total_flops = parameters_and_flops(mod.net.eval(), batch["image"][:1])
-        figures[key] = {"params": params, "flops": flops, "total_flops": total_flops, "tasks": channels}
+        figures[key] = {"params": params, "flops": flops, "total_flops": total_flops, "tasks": channels,
+                        "bf16": in_bf16[key]}
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if in_bf16[key] \
+            else contextlib.nullcontext
         train_steps[key], infer_steps[key] = _steps(mod, batch, autocast)
 
-    peak = peak_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32, size=matmul_size)
+    peaks = {use_bf16: peak_matmul_flops(device, torch.bfloat16 if use_bf16 else torch.float32, size=matmul_size)
+             for use_bf16 in sorted(set(in_bf16.values()))}
+    for key, f in figures.items():
+        f["peak_flops"] = peaks[in_bf16[key]]
     stages = {"infer": infer_steps} if skip_train else {"train": train_steps, "infer": infer_steps}
     for stage, steps in stages.items():
         for mod in modules.values():
@@ -312,21 +324,24 @@ def run(
         for key, m in throughput(steps, b, warmup, repeats, device).items():
             f = figures[key]
             f[f"{stage}_ips"], f[f"{stage}_mem"], f[f"{stage}_peak_total"] = m["ips"], m["mem"], m["total"]
-            f[f"{stage}_mfu"] = mfu(f["total_flops"], m["ips"], peak, passes=3.0 if stage == "train" else 1.0)
+            passes = 3.0 if stage == "train" else 1.0
+            f[f"{stage}_mfu"] = mfu(f["total_flops"], m["ips"], f["peak_flops"], passes=passes)
     for mod in modules.values():
         mod.eval()
 
-    results = {**figures.pop(""), "peak_flops": peak}
+    results = figures.pop("")
+    peak_text = ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:,.1f}" for k, v in peaks.items())
     print(
         f"{type(module.net).__name__} | tasks {results['tasks']} | input {b}x3x{h}x{w} | {device.type}"
         f"{' bf16' if bf16 else ''} | torch threads {torch.get_num_threads()} | "
-        f"matmul peak {peak / 1e9:,.1f} GFLOP/s"
+        f"matmul peak {peak_text} GFLOP/s"
     )
     _print_network(results)
     if compare:
         results["compare"], results["ratios"] = figures, {}
         for key, f in figures.items():
-            _print_network(f, f"\ncompare {key}: {type(compare[key].net).__name__} | tasks {f['tasks']}")
+            _print_network(f, f"\ncompare {key}: {type(compare[key].net).__name__} | tasks {f['tasks']}"
+                              f"{' | bf16' if f['bf16'] else ''}")
             ratios = {k: _ratio(results.get(k), f.get(k)) for k in
                       ("train_ips", "infer_ips", "train_peak_total", "infer_peak_total", "train_mem", "infer_mem")}
             results["ratios"][key] = ratios

@@ -113,8 +113,9 @@ class MTCPTrainer(Trainer):
     """Lightning's Trainer with three more commands, ``bench``, ``check_data`` and ``export``
     (``mtcp bench``, ``mtcp check-data``, ``mtcp export``)."""
 
-    #: builds the network of a config stacked over this run's configuration (set by `MTCPCLI.before_bench`)
-    build_comparison: Callable[[str], MultiTaskModule] | None = None
+    #: builds the network (and gives the trainer precision) of a config stacked over this run's
+    #: configuration (set by `MTCPCLI.before_bench`)
+    build_comparison: Callable[[str], tuple[MultiTaskModule, Any]] | None = None
     #: what the last ``check_data`` found, and whether a warning fails it (read by `MTCPCLI.after_check_data`)
     data_report: DataReport | None = None
     data_report_strict: bool = False
@@ -232,20 +233,24 @@ class MTCPTrainer(Trainer):
             threads: torch CPU threads (1 is steadier on a shared machine).
             compare: configs, each stacked over this run's configuration (its configs and
                 ``--key=value`` settings) to build a second network, timed alternately with
-                the first in the same run; the ratios (second / first) of images/s and peak
-                memory are printed. One: ``--compare a.yaml``; several: ``--compare [a.yaml,b.yaml]``
-                or ``--compare a.yaml --compare+=b.yaml`` (a second plain ``--compare`` replaces the first).
+                the first in the same run at its own ``trainer.precision``; the ratios (second /
+                first) of images/s and peak memory are printed. One: ``--compare a.yaml``; two
+                files stacked for one network: ``--compare a.yaml+b.yaml``; several networks:
+                ``--compare [a.yaml,b.yaml]`` or ``--compare a.yaml --compare+=b.yaml`` (a second
+                plain ``--compare`` replaces the first).
         """
         from mtcp.bench import run
 
         others: dict[str, MultiTaskModule] = {}
+        others_bf16: dict[str, bool] = {}
         for path in [compare] if isinstance(compare, str) else compare or []:
             if self.build_comparison is None:
                 raise ValueError("bench.compare: the comparison networks are built by the CLI (mtcp bench --compare)")
-            others[path] = self.build_comparison(path)
+            others[path], precision = self.build_comparison(path)
+            others_bf16[path] = str(precision).startswith("bf16")
         return run(model, self.strategy.root_device, bf16=str(self.precision).startswith("bf16"), height=height,
                    width=width, batch_size=batch_size, warmup=warmup, repeats=repeats, skip_train=skip_train,
-                   threads=threads, compare=others)
+                   threads=threads, compare=others, compare_bf16=others_bf16)
 
 
 class MTCPCLI(LightningCLI):
@@ -358,16 +363,18 @@ class MTCPCLI(LightningCLI):
         """``bench --compare``: the trainer builds each comparison network through `_comparison_model`."""
         self.trainer.build_comparison = self._comparison_model
 
-    def _comparison_model(self, path: str) -> MultiTaskModule:
-        """The model of this run's ``bench`` configuration with the config ``path`` (and the presets
-        its ``__base__`` names) stacked on top, built like the first: without fetching weights."""
+    def _comparison_model(self, path: str) -> tuple[MultiTaskModule, Any]:
+        """The model and trainer precision of this run's ``bench`` configuration with the config
+        ``path`` (``a.yaml+b.yaml``: both, in that order, and the presets their ``__base__`` names)
+        stacked on top, built like the first: without fetching weights."""
         parser = self._parser("bench")
         this_run = parser.dump(self.config["bench"], skip_check=True)  # files and --key=value settings resolved
-        config = parser.parse_args(["--config", this_run, *expand_config_bases(["--config", path])])
+        stacked = [arg for part in path.split("+") for arg in ("--config", part)]
+        config = parser.parse_args(["--config", this_run, *expand_config_bases(stacked)])
         config[BASE_KEY] = None
         config.compare = None
         with weights_from_checkpoint():
-            return parser.instantiate_classes(config).model
+            return parser.instantiate_classes(config).model, config.trainer.precision
 
     def after_validate(self) -> None:
         self._write_metrics("validate")

@@ -97,3 +97,31 @@ def test_compare_builds_over_this_runs_configuration_and_prints_ratios(tmp_path,
     assert re.search(rf"^ratio {re.escape(str(no_cfm))} / first: training {ratios['train_ips']:.2f}x images/s, "
                      rf"inference {ratios['infer_ips']:.2f}x images/s; peak memory training "
                      rf"{ratios['train_peak_total']:.2f}x total", out, re.M)
+
+
+def test_compare_runs_each_network_at_its_own_precision_and_stacks_a_plus_b(tmp_path, capsys, monkeypatch):
+    returned = []
+    real_run = mtcp.bench.run
+    monkeypatch.setattr(mtcp.bench, "run", lambda *a, **k: returned.append(real_run(*a, **k)) or returned[-1])
+    autocast_dtypes = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast",
+                        lambda *a, **k: autocast_dtypes.append(k.get("dtype")) or real_autocast(*a, **k))
+    no_cfm = tmp_path / "no_cfm.yaml"
+    no_cfm.write_text("model:\n  net:\n    init_args:\n      use_cfm: false\n")
+    both = f"{ROOT / 'configs/trainer/bf16.yaml'}+{no_cfm}"
+    cli_main(["bench", *TINY, "--trainer.accelerator=cpu", "--height=40", "--width=56", "--batch_size=2",
+              "--warmup=0", "--repeats=1", "--compare", both])
+    out = capsys.readouterr().out
+    (r,) = returned
+    other = r["compare"][both]
+    assert not r["bf16"] and other["bf16"]
+    assert other["params"].get("cfm", 0) == 0 < r["params"]["cfm"]  # the second file of A+B holds too
+    assert torch.bfloat16 in autocast_dtypes  # the comparison's steps ran under bf16 autocast
+    # each MFU against its own dtype's peak, both measured in this run and printed
+    assert other["peak_flops"] != r["peak_flops"]
+    flop_rate = 3 * other["total_flops"] * other["train_ips"]
+    assert other["train_mfu"] == pytest.approx(100 * flop_rate / other["peak_flops"])
+    assert re.search(rf"matmul peak fp32 {r['peak_flops'] / 1e9:,.1f}, bf16 {other['peak_flops'] / 1e9:,.1f} GFLOP/s",
+                     out)
+    assert f"compare {both}: MTCPNet" in out and "| bf16" in out
