@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import torch
 from torch.utils.data import DataLoader
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cli_args = [a for c in args.config for a in ("--config", c)] + ["--trainer.logger=false"]
-    cli = cli_main(cli_args, run=False)
+    with warnings.catch_warnings():  # this script's own options are not the CLI's, as Lightning suspects
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = cli_main(cli_args, run=False)
     dm = cli.datamodule
     train = torch.utils.data.Subset(dm.source.dataset("train", dm.tasks), range(args.train_samples))
     stats = training_statistics(DataLoader(train, batch_size=32), dm.task_channels.get("semseg", 1))
