@@ -89,7 +89,8 @@ def test_cfm_module_equals_its_materialised_form(scale, monkeypatch):
     cfm = CoherenceFusion(16, 2, scale).eval()
     own, aux = torch.randn(2, 16, 6, 8), [torch.randn(2, 16, 6, 8) for _ in range(2)]
     efficient = cfm(own, aux)
-    monkeypatch.setattr("mtcp.models.cfm.spatial_attention", naive_spatial_attention)
+    monkeypatch.setattr("mtcp.models.cfm.spatial_attention",
+                        lambda q, k, v, scale, fp32: naive_spatial_attention(q, k, v, scale))
     assert torch.allclose(efficient, cfm(own, aux), atol=1e-5)
 
 

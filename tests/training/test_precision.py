@@ -58,9 +58,15 @@ def test_bf16_mixed_trains_like_fp32(tmp_path):
         assert math.isclose(bf16[key][-1], fp32[key][-1], rel_tol=0.05), (key, fp32[key], bf16[key])
 
 
-def test_mtcp_trains_in_bf16_mixed_without_nan(tmp_path):
-    """MT-CP tiny (dim 16, 2 query heads) in bf16-mixed: finite losses and parameters throughout
-    (measured on CPU: within 1.3% of fp32 at the final step)."""
-    cli, losses = _fit(tmp_path, *MTCP_TINY, *BF16)
+def test_mtcp_trains_in_bf16_mixed_like_fp32(tmp_path):
+    """MT-CP tiny (dim 16, 2 query heads) in bf16-mixed, its CFM attention in bf16 (the default
+    ``attention_precision: auto`` with the 1/sqrt(D) scale): finite losses and parameters throughout,
+    and the final step within 5% of fp32. Measured on CPU (torch 2.14): total 0.15%, depth 0.07%,
+    normals 1.21%, semseg 0.41% (with the attention in fp32: 0.22%, 0.02%, 0.84%, 0.01%)."""
+    fp32_cli, fp32 = _fit(tmp_path / "fp32", *MTCP_TINY)
+    cli, losses = _fit(tmp_path / "bf16", *MTCP_TINY, *BF16)
     assert cli.trainer.precision == "bf16-mixed"
     _assert_healthy(cli, losses)
+    _assert_healthy(fp32_cli, fp32)
+    for key in fp32:
+        assert math.isclose(losses[key][-1], fp32[key][-1], rel_tol=0.05), (key, fp32[key], losses[key])

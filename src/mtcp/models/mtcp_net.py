@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mtcp.models.backbone import TimmBackbone
-from mtcp.models.cfm import CoherenceFusion, resolve_scale
+from mtcp.models.cfm import CoherenceFusion, attention_in_fp32, resolve_scale
 from mtcp.models.fpn import FPN
 from mtcp.models.heads import make_heads
 from mtcp.models.mask2former import Mask2FormerEncoder
@@ -159,6 +159,8 @@ class MTCPNet(nn.Module):
         fusion: ``"query"`` (R = P + P * softmax_n(mask logits)^T M) or ``"reference"`` (the
             authors' P * sum_n mask logits); see `mtcp.models.query_decoder`.
         attention_scale: the CFM's softmax scale: None = 1/sqrt(D), ``"none"`` = 1.0 (the authors').
+        attention_precision: the CFM attention under bf16 autocast: ``"auto"`` (bf16 with a scale
+            of at most 1/sqrt(width), fp32 otherwise), ``"fp32"`` or ``"autocast"`` (`mtcp.models.cfm`).
         decoder_depths: Swin blocks in each task-decoder stage.
         decoder_heads: attention heads of the task-decoder stages.
         window: Swin window of the task decoders.
@@ -188,6 +190,7 @@ class MTCPNet(nn.Module):
         query_ffn_dim: int | None = None,
         fusion: str = "query",
         attention_scale: float | str | None = None,
+        attention_precision: str = "auto",
         decoder_depths: tuple[int, int, int] = (1, 2, 1),
         decoder_heads: int = 2,
         window: int = 7,
@@ -221,6 +224,7 @@ class MTCPNet(nn.Module):
         if len(decoder_depths) != 3:
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
+        attention_in_fp32(attention_precision, 1.0, dim)  # likewise
         self.checkpointing = resolve_checkpointing(checkpointing)
         self.task_channels = dict(task_channels)
         self.tasks = list(self.task_channels)
@@ -243,7 +247,8 @@ class MTCPNet(nn.Module):
         )
         widths = self.task_decoders[self.tasks[0]].feature_info.channels  # S_t, what each SRM reads
         self.cfm = (
-            nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale, cfm_fusion)
+            nn.ModuleDict({t: CoherenceFusion(dim, len(self.tasks) - 1, attention_scale, cfm_fusion,
+                                              attention_precision)
                            for t in self.tasks})
             if use_cfm and len(self.tasks) > 1
             else None
