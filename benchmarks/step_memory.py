@@ -18,7 +18,6 @@ random weights offline (the memory is the same), `--trainer.accelerator=gpu` mea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import warnings
 
 import torch
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, dict[str, float | None
     module, device = cli.model, cli.trainer.strategy.root_device
     module = module.to(device).train()
     bf16 = str(cli.trainer.precision).startswith("bf16")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = cli.trainer.precision_plugin.forward_context  # what `fit` runs the forward under
     batch = random_batch(dict(module.task_channels), args.batch_size, args.height, args.width, device)
     optimizer = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
 

@@ -125,3 +125,17 @@ def test_compare_runs_each_network_at_its_own_precision_and_stacks_a_plus_b(tmp_
     assert re.search(rf"matmul peak fp32 {r['peak_flops'] / 1e9:,.1f}, bf16 {other['peak_flops'] / 1e9:,.1f} GFLOP/s",
                      out)
     assert f"compare {both}: MTCPNet" in out and "| bf16" in out
+
+
+def test_bf16_runs_under_the_autocast_of_lightnings_training():
+    """Lightning's bf16-mixed forward keeps no cache of cast weights; plain torch.autocast would."""
+    from lightning.pytorch import Trainer
+
+    def state(context):
+        with context():
+            return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_autocast_cache_enabled()
+
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
+    expected = state(trainer.precision_plugin.forward_context)
+    assert expected == (True, torch.bfloat16, False)
+    assert state(mtcp.bench.bf16_autocast(torch.device("cpu"))) == expected

@@ -14,10 +14,10 @@ from mtcp.models.mtcp_net import CHECKPOINT_PARTS, resolve_checkpointing
 NYUD = {"semseg": 5, "depth": 1, "normals": 3}
 
 
-def tiny(**kwargs) -> MTCPNet:
+def tiny(backbone: str = "test_convnext", **kwargs) -> MTCPNet:
     torch.manual_seed(0)
     kwargs = {"dim": 16, "num_queries": 4, "query_heads": 2, "query_ffn_dim": 32, **kwargs}
-    return MTCPNet(NYUD, TimmBackbone("test_convnext"), **kwargs)
+    return MTCPNet(NYUD, TimmBackbone(backbone), **kwargs)
 
 
 def flat(outputs) -> dict[str, torch.Tensor]:
@@ -35,26 +35,30 @@ def train_step(net: MTCPNet, image: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def calls(net: MTCPNet) -> dict[str, int]:
-    """Counts the calls of the first task's decoder, CFM and trace-back (pre-hooks: a recomputation stops early)."""
+    """Counts the calls of the backbone and of the first task's decoder, CFM and trace-back (pre-hooks: a
+    recomputation stops early)."""
     counts = dict.fromkeys(CHECKPOINT_PARTS, 0)
     first = net.tasks[0]
     for part in CHECKPOINT_PARTS:
-        getattr(net, part)[first].register_forward_pre_hook(lambda *_, p=part: counts.__setitem__(p, counts[p] + 1))
+        module = net.backbone if part == "backbone" else getattr(net, part)[first]
+        module.register_forward_pre_hook(lambda *_, p=part: counts.__setitem__(p, counts[p] + 1))
     return counts
 
 
 def test_checkpointing_names_resolve():
     assert resolve_checkpointing(False) == resolve_checkpointing(None) == frozenset()
-    assert resolve_checkpointing(True) == {"task_decoders", "cfm", "trace_back"}
+    assert resolve_checkpointing(True) == {"backbone", "task_decoders", "cfm", "trace_back"}
     assert resolve_checkpointing(["cfm"]) == resolve_checkpointing("cfm") == {"cfm"}
     with pytest.raises(ValueError, match="model.net.checkpointing"):
-        tiny(checkpointing=["cfm", "backbone"])
+        tiny(checkpointing=["cfm", "heads"])
 
 
-@pytest.mark.parametrize("parts", [True, ["cfm"]])
-def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts):
+# test_resnet: a backbone with BatchNorms, whose statistics the recomputation must not update twice
+@pytest.mark.parametrize(("parts", "backbone"), [(True, "test_convnext"), (["cfm"], "test_convnext"),
+                                                 (["backbone"], "test_resnet")])
+def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts, backbone):
     image = torch.rand(2, 3, 64, 64)
-    plain, ckpt = tiny().train(), tiny(checkpointing=parts).train()
+    plain, ckpt = tiny(backbone).train(), tiny(backbone, checkpointing=parts).train()
     ckpt.load_state_dict(plain.state_dict())
     counts = calls(ckpt)
     expected, got = train_step(plain, image), train_step(ckpt, image)

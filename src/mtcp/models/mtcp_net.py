@@ -21,7 +21,7 @@ Ablations, each keeping every built parameter on the gradient path (DDP with
   module, not the ablated one.
 
 Activation checkpointing (``checkpointing``): in training (``self.training`` and grad
-enabled) each task's decoder, each CFM call and each trace-back chain can run under
+enabled) the backbone, each task's decoder, each CFM call and each trace-back chain can run under
 `torch.utils.checkpoint.checkpoint` (non-reentrant): their inner activations are not
 kept but recomputed during the backward pass. Outputs and gradients are those of the
 plain network (the recomputation is the same computation; the RNG state is restored,
@@ -79,7 +79,7 @@ class MTCPFeatures:
 
 
 #: the parts activation checkpointing can wrap (``MTCPNet(checkpointing=...)``)
-CHECKPOINT_PARTS = ("task_decoders", "cfm", "trace_back")
+CHECKPOINT_PARTS = ("backbone", "task_decoders", "cfm", "trace_back")
 
 
 def resolve_checkpointing(checkpointing: bool | str | list[str] | tuple[str, ...]) -> frozenset[str]:
@@ -174,7 +174,8 @@ class MTCPNet(nn.Module):
             head; False supervises SRM1 and SRM2 only, as the authors do.
         use_query_decoder, use_cfm, use_trace_back: ablation switches (module doc).
         checkpointing: activation checkpointing in training (module doc): True = every part,
-            or a list of part names from ``"task_decoders"``, ``"cfm"``, ``"trace_back"``;
+            or a list of part names from ``"backbone"`` (not with ``encoder``), ``"task_decoders"``,
+            ``"cfm"``, ``"trace_back"``;
             same outputs and gradients in less memory, for one more forward of those parts.
     """
 
@@ -226,6 +227,11 @@ class MTCPNet(nn.Module):
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
         attention_in_fp32(attention_precision, 1.0, dim)  # likewise
         self.checkpointing = resolve_checkpointing(checkpointing)
+        if encoder is not None and "backbone" in self.checkpointing:
+            if checkpointing is not True:
+                raise ValueError("model.net.checkpointing: 'backbone' names the timm backbone, which an encoder "
+                                 "replaces; drop it from the list (the encoder is not checkpointed)")
+            self.checkpointing -= {"backbone"}
         self.task_channels = dict(task_channels)
         self.tasks = list(self.task_channels)
         self.fusion = fusion
@@ -282,7 +288,7 @@ class MTCPNet(nn.Module):
             encoded = self.encoder(image)
             pixels, queries, masks = encoded.pixels, encoded.queries, encoded.mask_logits
         else:
-            feats = self.pixel_decoder(self.backbone(image))
+            feats = self.pixel_decoder(self._run("backbone", self.backbone, image))
             pixels = feats[0]
             if self.query_decoder is not None:
                 queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
