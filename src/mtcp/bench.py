@@ -20,7 +20,8 @@ Measured:
   and its backward), so `SDPA_FLOPS` gives them torch's own SDPA formulas (QK^T and AV,
   2*B*H*Lq*Lk*D each, forward; five such products backward).
 - training throughput: forward, the tasks' real losses on random labels (all levels,
-  deep supervision weight 0.5), backward, AdamW step; inference: forward in
+  deep supervision weight 0.5), backward, AdamW step (inside backward with
+  ``model.optimizer_in_backward: true``, `mtcp.optim.StepInBackward`); inference: forward in
   ``inference_mode``; images/s over ``--repeats`` steps after ``--warmup`` steps.
 - model FLOP utilisation: the device's matmul peak for the dtype of the steps (a square
   ``matmul_size`` matmul in float32, or bfloat16 under bf16, timed after warmup, in the
@@ -60,6 +61,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mtcp.module import MultiTaskModule
+from mtcp.optim import StepInBackward
 from mtcp.tasks import get_task
 
 _LIBC: Any = None
@@ -372,6 +374,8 @@ def _steps(
     """(training step, inference step) of ``module`` on ``batch``."""
     net = module.net
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    if module.optimizer_in_backward:
+        StepInBackward(optimizer)  # as `fit` runs it: the updates inside backward, no gradients kept
 
     def train_step() -> None:
         with autocast():

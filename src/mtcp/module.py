@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from mtcp.balancers.base import Balancer
+from mtcp.callbacks.optimizer_in_backward import OptimizerInBackward
 from mtcp.data.collate import align_outputs
 from mtcp.losses import LOSSES
 from mtcp.metrics.coherence import coherence_pairs
@@ -98,6 +99,10 @@ class MultiTaskModule(L.LightningModule):
             first forward of each mode (training, evaluation) compiles; its duration is printed on
             rank zero and logged once to the logger as ``perf/compile_seconds`` (training) and
             ``perf/compile_seconds_eval``.
+        optimizer_in_backward: update each parameter inside backward, as soon as its gradient is
+            ready, and free that gradient (`mtcp.optim.StepInBackward`): the same updates, without
+            holding the whole network's gradients; one device, no gradient accumulation or clipping
+            (`mtcp.callbacks.OptimizerInBackward`, which ``fit`` then runs).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class MultiTaskModule(L.LightningModule):
         metric_options: dict[str, dict[str, Any]] | None = None,
         delta_m_headlines: dict[str, dict[str, Any]] | None = None,
         compile: bool = False,
+        optimizer_in_backward: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -160,6 +166,7 @@ class MultiTaskModule(L.LightningModule):
             stage: nn.ModuleDict({p.name: p.make() for p in self.coherence_pairs}) for stage in ("val", "test")
         })
         self.compile_network = compile
+        self.optimizer_in_backward = optimizer_in_backward
         self._compile_timed: set[bool] = set()  # the modes (self.training) whose first forward was timed
 
     def configure_model(self) -> None:
@@ -281,6 +288,9 @@ class MultiTaskModule(L.LightningModule):
         return {"meta": batch["meta"], "predictions": self(batch["image"]).final}
 
     # -- optimisation --------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [OptimizerInBackward()] if self.optimizer_in_backward else []
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
