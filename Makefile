@@ -37,7 +37,7 @@ fit-mtcp: venv  ## MT-CP tiny with LPS on the procedural scenes (slower than the
 	$(PY) -m mtcp validate --config $(CONFIG) --config configs/model/mtcp_tiny.yaml --config configs/balancer/lps_nyud.yaml $(ARGS) --ckpt_path runs/procedural/checkpoints/last.ckpt
 	$(PY) benchmarks/trivial_baselines.py --config $(CONFIG) --metrics runs/procedural/validate_metrics.json
 
-test: venv  ## run the whole test suite (about 10-13 minutes on 2 cores)
+test: venv  ## run the whole test suite (about 10-14 minutes on 2 cores)
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
 test-fast: venv  ## the tests not marked slow
