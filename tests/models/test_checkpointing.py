@@ -35,27 +35,40 @@ def train_step(net: MTCPNet, image: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def calls(net: MTCPNet) -> dict[str, int]:
-    """Counts the calls of the backbone and of the first task's decoder, CFM and trace-back (pre-hooks: a
-    recomputation stops early)."""
+    """Counts the calls of each part: the shared ones, the first task's decoder, CFM, trace-back and final
+    head (pre-hooks: a recomputation stops early)."""
     counts = dict.fromkeys(CHECKPOINT_PARTS, 0)
     first = net.tasks[0]
     for part in CHECKPOINT_PARTS:
-        module = net.backbone if part == "backbone" else getattr(net, part)[first]
+        module = getattr(net, part)
+        if part == "heads":
+            module = module["final"]
+        if isinstance(module, nn.ModuleDict):
+            module = module[first]
         module.register_forward_pre_hook(lambda *_, p=part: counts.__setitem__(p, counts[p] + 1))
     return counts
 
 
 def test_checkpointing_names_resolve():
     assert resolve_checkpointing(False) == resolve_checkpointing(None) == frozenset()
-    assert resolve_checkpointing(True) == {"backbone", "task_decoders", "cfm", "trace_back"}
+    assert resolve_checkpointing(True) == {"backbone", "pixel_decoder", "query_decoder", "task_decoders", "cfm",
+                                           "trace_back", "heads"}
     assert resolve_checkpointing(["cfm"]) == resolve_checkpointing("cfm") == {"cfm"}
-    with pytest.raises(ValueError, match="model.net.checkpointing"):
-        tiny(checkpointing=["cfm", "heads"])
+    with pytest.raises(ValueError, match=r"model.net.checkpointing: unknown part\(s\) \['loss'\]"):
+        tiny(checkpointing=["cfm", "loss"])
+
+
+def test_checkpointing_parts_the_network_lacks_are_refused_by_name_and_left_out_of_true():
+    with pytest.raises(ValueError, match=r"model.net.checkpointing: \['query_decoder'\] not built"):
+        tiny(use_query_decoder=False, checkpointing=["query_decoder", "cfm"])
+    assert tiny(use_query_decoder=False, use_cfm=False, checkpointing=True).checkpointing == {
+        "backbone", "pixel_decoder", "task_decoders", "trace_back", "heads"}
 
 
 # test_resnet: a backbone with BatchNorms, whose statistics the recomputation must not update twice
 @pytest.mark.parametrize(("parts", "backbone"), [(True, "test_convnext"), (["cfm"], "test_convnext"),
-                                                 (["backbone"], "test_resnet")])
+                                                 (["backbone", "pixel_decoder"], "test_resnet"),
+                                                 (["query_decoder", "heads"], "test_convnext")])
 def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts, backbone):
     image = torch.rand(2, 3, 64, 64)
     plain, ckpt = tiny(backbone).train(), tiny(backbone, checkpointing=parts).train()

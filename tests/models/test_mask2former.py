@@ -120,8 +120,9 @@ def test_the_tiny_encoder_config_trains_through_the_cli(tmp_path):
     assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
-def test_checkpointing_the_backbone_is_refused_with_an_encoder_and_left_out_of_true():
-    with pytest.raises(ValueError, match="model.net.checkpointing: 'backbone'"):
+def test_checkpointing_what_an_encoder_replaces_is_refused_by_name_and_left_out_of_true():
+    refused = r"model.net.checkpointing: \['backbone'\] not built in this network \(an encoder"
+    with pytest.raises(ValueError, match=refused):
         MTCPNet(TASKS, encoder=Mask2FormerEncoder(config=TINY), dim=32, checkpointing=["backbone", "cfm"])
     net = MTCPNet(TASKS, encoder=Mask2FormerEncoder(config=TINY), dim=32, checkpointing=True)
-    assert net.checkpointing == {"task_decoders", "cfm", "trace_back"}
+    assert net.checkpointing == {"task_decoders", "cfm", "trace_back", "heads"}

@@ -21,7 +21,8 @@ Ablations, each keeping every built parameter on the gradient path (DDP with
   module, not the ablated one.
 
 Activation checkpointing (``checkpointing``): in training (``self.training`` and grad
-enabled) the backbone, each task's decoder, each CFM call and each trace-back chain can run under
+enabled) the backbone, the pixel decoder, the query decoder, each task's decoder, each CFM
+call, each trace-back chain and each head can run under
 `torch.utils.checkpoint.checkpoint` (non-reentrant): their inner activations are not
 kept but recomputed during the backward pass. Outputs and gradients are those of the
 plain network (the recomputation is the same computation; the RNG state is restored,
@@ -79,7 +80,7 @@ class MTCPFeatures:
 
 
 #: the parts activation checkpointing can wrap (``MTCPNet(checkpointing=...)``)
-CHECKPOINT_PARTS = ("backbone", "task_decoders", "cfm", "trace_back")
+CHECKPOINT_PARTS = ("backbone", "pixel_decoder", "query_decoder", "task_decoders", "cfm", "trace_back", "heads")
 
 
 def resolve_checkpointing(checkpointing: bool | str | list[str] | tuple[str, ...]) -> frozenset[str]:
@@ -173,9 +174,8 @@ class MTCPNet(nn.Module):
         initial_head: with the trace-back, also supervise C_t through the auxiliary ``initial``
             head; False supervises SRM1 and SRM2 only, as the authors do.
         use_query_decoder, use_cfm, use_trace_back: ablation switches (module doc).
-        checkpointing: activation checkpointing in training (module doc): True = every part,
-            or a list of part names from ``"backbone"`` (not with ``encoder``), ``"task_decoders"``,
-            ``"cfm"``, ``"trace_back"``;
+        checkpointing: activation checkpointing in training (module doc): True = every part
+            this network has, or a list of part names from `CHECKPOINT_PARTS`;
             same outputs and gradients in less memory, for one more forward of those parts.
     """
 
@@ -226,12 +226,7 @@ class MTCPNet(nn.Module):
             raise ValueError(f"model.net.decoder_depths: three stages (1/4, 1/8, 1/16); got {decoder_depths}")
         resolve_scale(attention_scale, dim)  # fail at construction on a bad value
         attention_in_fp32(attention_precision, 1.0, dim)  # likewise
-        self.checkpointing = resolve_checkpointing(checkpointing)
-        if encoder is not None and "backbone" in self.checkpointing:
-            if checkpointing is not True:
-                raise ValueError("model.net.checkpointing: 'backbone' names the timm backbone, which an encoder "
-                                 "replaces; drop it from the list (the encoder is not checkpointed)")
-            self.checkpointing -= {"backbone"}
+        checkpointed = resolve_checkpointing(checkpointing)
         self.task_channels = dict(task_channels)
         self.tasks = list(self.task_channels)
         self.fusion = fusion
@@ -263,6 +258,13 @@ class MTCPNet(nn.Module):
         self.levels = (["final", *(["initial"] if initial_head else []), "srm1", "srm2"] if use_trace_back
                        else ["final"])
         self.heads = nn.ModuleDict({level: make_heads(self.task_channels, dim, head_kernel) for level in self.levels})
+        absent = {part for part in CHECKPOINT_PARTS if getattr(self, part) is None}
+        if checkpointing is not True and checkpointed & absent:
+            raise ValueError(
+                f"model.net.checkpointing: {sorted(checkpointed & absent)} not built in this network (an encoder "
+                "replaces the backbone, pixel decoder and query decoder; use_query_decoder, use_cfm and "
+                "use_trace_back false drop theirs); drop them from the list")
+        self.checkpointing = checkpointed - absent
 
     @property
     def pad_multiple(self) -> int:
@@ -288,10 +290,10 @@ class MTCPNet(nn.Module):
             encoded = self.encoder(image)
             pixels, queries, masks = encoded.pixels, encoded.queries, encoded.mask_logits
         else:
-            feats = self.pixel_decoder(self._run("backbone", self.backbone, image))
+            feats = self._run("pixel_decoder", self.pixel_decoder, self._run("backbone", self.backbone, image))
             pixels = feats[0]
-            if self.query_decoder is not None:
-                queries, masks = self.query_decoder(feats[1:][::-1], pixels)  # levels coarse to fine
+            if self.query_decoder is not None:  # the levels coarse to fine
+                queries, masks = self._run("query_decoder", self.query_decoder, feats[1:][::-1], pixels)
         shared = pixels if queries is None else fuse(pixels, queries, masks, self.fusion)
         decoded = {t: self._run("task_decoders", self.task_decoders[t], shared) for t in self.tasks}
         own = {t: x for t, (x, _) in decoded.items()}
@@ -324,7 +326,8 @@ class MTCPNet(nn.Module):
                 "srm2": dict(zip(self.tasks, srm2, strict=True)),
             }
         outputs = {
-            level: {t: self.heads[level][t](sources[level][t], full) for t in self.tasks} for level in self.levels
+            level: {t: self._run("heads", self.heads[level][t], sources[level][t], full) for t in self.tasks}
+            for level in self.levels
         }
         final = outputs.pop("final")
         return crop_outputs(Predictions(final, outputs), size)
