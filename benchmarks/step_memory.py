@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import torch
-
-from mtcp.bench import peak_memory, random_batch
+from mtcp.bench import peak_memory, random_batch, training_optimizer
 from mtcp.cli import cli_main
-from mtcp.optim import StepInBackward
 
 GIB = 2**30
 
@@ -48,9 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, dict[str, float | None
     bf16 = str(cli.trainer.precision).startswith("bf16")
     autocast = cli.trainer.precision_plugin.forward_context  # what `fit` runs the forward under
     batch = random_batch(dict(module.task_channels), args.batch_size, args.height, args.width, device)
-    optimizer = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
-    if module.optimizer_in_backward:
-        StepInBackward(optimizer)  # the updates happen in the backward phase; no gradients are kept
+    optimizer = training_optimizer(module)  # with optimizer_in_backward, it updates in the backward phase
 
     print(f"{type(module.net).__name__} | input {args.batch_size}x3x{args.height}x{args.width} | {device.type}"
           f"{' bf16' if bf16 else ''} | peak of each phase, total (above the level on entering it)")

@@ -147,6 +147,15 @@ def bf16_autocast(device: torch.device) -> Callable[[], contextlib.AbstractConte
     return MixedPrecision("bf16-mixed", device.type).forward_context
 
 
+def training_optimizer(module: MultiTaskModule) -> torch.optim.Optimizer:
+    """AdamW over the network, stepped inside backward when the module's ``optimizer_in_backward``
+    asks for it, as `fit` would run it (`mtcp.optim.StepInBackward`)."""
+    optimizer = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
+    if module.optimizer_in_backward:
+        StepInBackward(optimizer)
+    return optimizer
+
+
 # -- measurements ------------------------------------------------------------------------
 def random_batch(task_channels: dict[str, int], b: int, h: int, w: int, device: torch.device) -> dict[str, Tensor]:
     """An image and a random but valid label per task, drawn by the task's label kind (`mtcp.labels`)."""
@@ -373,9 +382,7 @@ def _steps(
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """(training step, inference step) of ``module`` on ``batch``."""
     net = module.net
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    if module.optimizer_in_backward:
-        StepInBackward(optimizer)  # as `fit` runs it: the updates inside backward, no gradients kept
+    optimizer = training_optimizer(module)
 
     def train_step() -> None:
         with autocast():

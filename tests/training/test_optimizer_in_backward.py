@@ -147,3 +147,6 @@ def test_a_non_finite_loss_updates_nothing(bad):
     assert all(not torch.equal(p, b) for p, b in zip(net.parameters(), before, strict=True))
     callback.teardown(trainer, None, "fit")
     assert callback.stepper is None
+    after = [p.detach().clone() for p in net.parameters()]
+    net(torch.rand(2, 3, 10, 10)).sum().backward()  # the hooks are gone: nothing updates any more
+    assert all(torch.equal(p, a) for p, a in zip(net.parameters(), after, strict=True))
