@@ -330,6 +330,7 @@ def run(
         mod = mod.to(device)
         batch = random_batch(channels, b, h, w, device)
         params, flops, total_flops = parameters_and_flops(mod.net.eval(), batch["image"][:1])
+        mod.configure_model()  # as fit does: ``model.compile: true`` compiles the network (warmup compiles)
         figures[key] = {"params": params, "flops": flops, "total_flops": total_flops, "tasks": channels,
                         "bf16": in_bf16[key]}
         autocast = bf16_autocast(device) if in_bf16[key] else contextlib.nullcontext

@@ -6,10 +6,11 @@ import contextlib
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtcp.models import MTCPNet, TimmBackbone
 from mtcp.models.cfm import CoherenceFusion, naive_spatial_attention, spatial_attention
-from mtcp.models.mtcp_net import CHECKPOINT_PARTS, resolve_checkpointing
+from mtcp.models.mtcp_net import ATTENTION_KERNELS, CHECKPOINT_PARTS, resolve_checkpointing
 
 NYUD = {"semseg": 5, "depth": 1, "normals": 3}
 
@@ -66,12 +67,13 @@ def test_checkpointing_parts_the_network_lacks_are_refused_by_name_and_left_out_
 
 
 # test_resnet: a backbone with BatchNorms, whose statistics the recomputation must not update twice
-@pytest.mark.parametrize(("parts", "backbone"), [(True, "test_convnext"), (["cfm"], "test_convnext"),
-                                                 (["backbone", "pixel_decoder"], "test_resnet"),
-                                                 (["query_decoder", "heads"], "test_convnext")])
-def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts, backbone):
+@pytest.mark.parametrize(("parts", "backbone", "recompute_attention"), [
+    (True, "test_convnext", False), (True, "test_convnext", True), (["cfm"], "test_convnext", False),
+    (["backbone", "pixel_decoder"], "test_resnet", False), (["query_decoder", "heads"], "test_convnext", False)])
+def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts, backbone, recompute_attention):
     image = torch.rand(2, 3, 64, 64)
-    plain, ckpt = tiny(backbone).train(), tiny(backbone, checkpointing=parts).train()
+    plain = tiny(backbone).train()
+    ckpt = tiny(backbone, checkpointing=parts, recompute_attention=recompute_attention).train()
     ckpt.load_state_dict(plain.state_dict())
     counts = calls(ckpt)
     expected, got = train_step(plain, image), train_step(ckpt, image)
@@ -87,6 +89,31 @@ def test_checkpointing_gives_the_plain_outputs_gradients_and_bn_statistics(parts
     buffers = dict(plain.named_buffers())
     for name, b in ckpt.named_buffers():
         torch.testing.assert_close(b, buffers[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+class AttentionKernelCalls(TorchDispatchMode):
+    """Counts the calls of the fused attention kernels (the forward ones, not their backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in ATTENTION_KERNELS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("recompute_attention", [False, True])
+def test_checkpointed_parts_keep_their_attention_from_the_forward_unless_told_to_recompute_it(
+        recompute_attention):
+    net = tiny(checkpointing=True, recompute_attention=recompute_attention).train()
+    with AttentionKernelCalls() as forward:
+        out = flat(net(torch.rand(2, 3, 64, 64)))
+    loss = sum(y.mean() for y in out.values())
+    with AttentionKernelCalls() as backward:
+        loss.backward()
+    assert forward.count >= 3  # one CFM per task (the query decoder's attention may add more)
+    assert backward.count == (forward.count if recompute_attention else 0)
 
 
 def test_the_plain_recomputation_would_update_bn_statistics_twice(monkeypatch):
