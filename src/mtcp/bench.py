@@ -6,7 +6,8 @@
 
 A subcommand of the CLI like ``fit``: the same configs build the same `MultiTaskModule`
 (the data module gives the tasks and class counts, ``--model.net.init_args.*`` overrides
-the network), never with downloaded weights; ``--trainer.accelerator`` picks the device
+the network; ``--model.compile=true`` compiles it after the FLOP count, as fit does, so the warmup
+steps compile), never with downloaded weights; ``--trainer.accelerator`` picks the device
 and ``--trainer.precision bf16-mixed`` runs the steps under bfloat16 autocast, the very context
 Lightning's ``bf16-mixed`` training uses (`bf16_autocast`: its cast weights are not cached).
 

@@ -139,3 +139,15 @@ def test_bf16_runs_under_the_autocast_of_lightnings_training():
     expected = state(trainer.precision_plugin.forward_context)
     assert expected == (True, torch.bfloat16, False)
     assert state(mtcp.bench.bf16_autocast(torch.device("cpu"))) == expected
+
+
+def test_the_network_is_prepared_as_fit_prepares_it_after_its_flops_are_counted(monkeypatch):
+    """``model.compile: true`` compiles the benched network (`MultiTaskModule.configure_model`, as in
+    fit), after the FLOP count, which runs the eager network."""
+    cli = cli_main([*TINY, "--model.compile=true"], run=False)
+    events = []
+    monkeypatch.setattr(mtcp.bench, "parameters_and_flops",
+                        lambda *a, real=parameters_and_flops: events.append("flops") or real(*a))
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: events.append(f"compile {type(self).__name__}"))
+    run(cli.model, torch.device("cpu"), height=40, width=56, batch_size=2, warmup=0, repeats=1, matmul_size=256)
+    assert events == ["flops", "compile MTCPNet"]
