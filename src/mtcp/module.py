@@ -68,6 +68,18 @@ def _with_options(loss: Callable[..., Tensor], options: dict[str, Any], setting:
     return functools.partial(loss, **options)
 
 
+def refuse_compiled_bf16_on_cpu(precision: str, device: torch.device) -> None:
+    """``model.compile`` with bf16 on the CPU is refused before training (docs/notes.md,
+    "torch.compile on the CPU"): inductor's CPU code gave MT-CP non-finite gradients from the first
+    step, which the optimizer would write into every weight, and failed to build its bf16 inference."""
+    if device.type == "cpu" and precision.startswith("bf16"):
+        raise ValueError(
+            f"model.compile: true with trainer.precision {precision} on the CPU is refused: torch "
+            f"{torch.__version__}'s CPU compiler gave MT-CP non-finite gradients in bf16 from the first step "
+            "and failed to build its bf16 inference kernels (docs/notes.md, 'torch.compile on the CPU'); "
+            "compile in fp32 (trainer.precision 32-true) on the CPU, or train bf16-mixed without compile")
+
+
 class MultiTaskModule(L.LightningModule):
     """Train and evaluate a multi-task dense-prediction network.
 
@@ -98,7 +110,8 @@ class MultiTaskModule(L.LightningModule):
             checkpoint keys are those of the eager network and checkpoints load either way). The
             first forward of each mode (training, evaluation) compiles; its duration is printed on
             rank zero and logged once to the logger as ``perf/compile_seconds`` (training) and
-            ``perf/compile_seconds_eval``.
+            ``perf/compile_seconds_eval``. Refused with bf16 precision on the CPU
+            (`refuse_compiled_bf16_on_cpu`).
         optimizer_in_backward: update each parameter inside backward, as soon as its gradient is
             ready, and free that gradient (`mtcp.optim.StepInBackward`): the same updates, without
             holding the whole network's gradients; one device, no gradient accumulation or clipping
@@ -172,6 +185,8 @@ class MultiTaskModule(L.LightningModule):
     def configure_model(self) -> None:
         """Compile the network in place when ``compile`` is set (once, however often Lightning calls this)."""
         if self.compile_network and not self._compiled:
+            if self._trainer is not None:
+                refuse_compiled_bf16_on_cpu(str(self.trainer.precision), self.trainer.strategy.root_device)
             self.net.compile()
 
     @property

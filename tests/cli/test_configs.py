@@ -94,6 +94,8 @@ STACKED_OVER = {
     "configs/data/augment_wide_nyud.yaml": ["configs/nyud.yaml"],
     "configs/data/augment_wide_pascal.yaml": ["configs/pascal.yaml"],
     "configs/model/checkpointing.yaml": ["configs/procedural.yaml", "configs/model/mtcp_tiny.yaml"],
+    "configs/model/recompute_attention.yaml": ["configs/procedural.yaml", "configs/model/mtcp_tiny.yaml",
+                                               "configs/model/checkpointing.yaml"],
     "configs/model/attention_fp32.yaml": ["configs/procedural.yaml", "configs/model/mtcp_tiny.yaml",
                                           "configs/trainer/bf16.yaml"],
 }
