@@ -249,3 +249,24 @@ def test_frozen_batchnorm_stats_keeps_the_buffers():
     assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros(3))
     assert torch.equal(bn.running_var, torch.ones(3))
     assert set(dict(bn.named_buffers())) == {"running_mean", "running_var", "num_batches_tracked"}
+
+
+def test_checkpointing_under_torch_compile_gives_the_plain_outputs_gradients_and_bn_statistics():
+    """Dynamo traces a checkpointed part into the graph (its own recomputation, BN buffers updated
+    once; the attention kept through the policy in a form Dynamo accepts). aot_eager: Dynamo's capture
+    and AOTAutograd's split, with eager kernels (about 30 s of tracing)."""
+    torch._dynamo.reset()
+    image = torch.rand(2, 3, 64, 64)
+    plain = tiny("test_resnet").train()
+    ckpt = tiny("test_resnet", checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.compile(backend="aot_eager")
+    expected, got = train_step(plain, image), train_step(ckpt, image)
+    for name, y in expected.items():
+        torch.testing.assert_close(got[name], y, rtol=1e-5, atol=1e-6, msg=name)
+    grads = dict(plain.named_parameters())
+    for name, p in ckpt.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    buffers = dict(plain.named_buffers())
+    for name, b in ckpt.named_buffers():
+        torch.testing.assert_close(b, buffers[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -44,11 +44,19 @@ outputs are small (the size of the queries, plus one log-sum-exp per query), the
 CFM attention is 27 % of the paper configuration's forward FLOPs at 240x320 and 57 % at 480x640
 (``mtcp bench``), all of it repeated by a plain recomputation. What is kept is what the
 recomputation would produce, so outputs and gradients stay those of the plain network.
+
+Under torch.compile (``model.compile``) Dynamo traces a checkpointed part into the compiled graph and
+AOTAutograd does the recomputation itself, from the functional graph, so the BN buffers are updated
+once without the swap; Dynamo accepts only a plain function or a `functools.partial` as
+``context_fn``, so the policy is passed as `KEEP_ATTENTION_CONTEXTS`
+(``tests/models/test_checkpointing.py`` checks outputs, gradients and BN statistics against the
+plain network there too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +112,10 @@ ATTENTION_KERNELS = frozenset({
 def keep_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
     """Selective-checkpoint policy: keep the fused attention kernels' outputs, recompute the rest."""
     return CheckpointPolicy.MUST_SAVE if op in ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+#: the selective-checkpoint contexts of `keep_attention`, in the form Dynamo can trace (a partial)
+KEEP_ATTENTION_CONTEXTS = functools.partial(create_selective_checkpoint_contexts, keep_attention)
 
 
 @contextlib.contextmanager
@@ -314,6 +326,10 @@ class MTCPNet(nn.Module):
         """``module(*args)``, under activation checkpointing when ``part`` is checkpointed and training."""
         if part not in self.checkpointing or not (self.training and torch.is_grad_enabled()):
             return module(*args)
+        if torch.compiler.is_compiling():  # module doc, "Under torch.compile"
+            if self.recompute_attention:
+                return checkpoint(module, *args, use_reentrant=False)
+            return checkpoint(module, *args, use_reentrant=False, context_fn=KEEP_ATTENTION_CONTEXTS)
 
         def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
             if self.recompute_attention:  # (forward, recomputation)
