@@ -334,7 +334,7 @@ class MTCPNet(nn.Module):
         def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
             if self.recompute_attention:  # (forward, recomputation)
                 return contextlib.nullcontext(), frozen_batchnorm_stats(module)
-            forward, recomputation = create_selective_checkpoint_contexts(keep_attention)
+            forward, recomputation = KEEP_ATTENTION_CONTEXTS()
             return forward, entered(frozen_batchnorm_stats(module), recomputation)  # clones outside the policy
 
         return checkpoint(module, *args, use_reentrant=False, context_fn=contexts)
