@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from mtcp.balancers.base import Balancer
+from mtcp.callbacks.finite_gradients import FiniteGradients
 from mtcp.callbacks.optimizer_in_backward import OptimizerInBackward
 from mtcp.data.collate import align_outputs
 from mtcp.losses import LOSSES
@@ -304,7 +305,8 @@ class MultiTaskModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
-        return [OptimizerInBackward()] if self.optimizer_in_backward else []
+        """The step's guards, whatever trainer runs the module: no non-finite gradient is applied."""
+        return [FiniteGradients(), *([OptimizerInBackward()] if self.optimizer_in_backward else [])]
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
@@ -43,12 +44,14 @@ class StepInBackward:
     ``step`` afterwards finds no gradient and changes nothing.
 
     ``armed`` switches the updates off (the gradients then accumulate as usual); ``remove`` takes the
-    hooks out.
+    hooks out. Each applied gradient's finiteness is recorded on its device, without a host read;
+    `take_non_finite` reads them once after backward.
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
         self.armed = True
+        self._applied: list[tuple[Tensor, Tensor]] = []  # (parameter, its gradient was finite) since the last read
         self._handles = [p.register_post_accumulate_grad_hook(self._updater(group))
                          for group in optimizer.param_groups for p in group["params"]]
 
@@ -56,6 +59,7 @@ class StepInBackward:
         def update(param: Tensor) -> None:
             if not self.armed:
                 return
+            self._applied.append((param, torch.isfinite(param.grad).all()))
             groups = self.optimizer.param_groups
             self.optimizer.param_groups = [{**group, "params": [param]}]  # the group's current settings
             try:
@@ -65,6 +69,14 @@ class StepInBackward:
             param.grad = None
 
         return update
+
+    def take_non_finite(self) -> list[Tensor]:
+        """The parameters updated with a non-finite gradient since the last call (one host read)."""
+        applied, self._applied = self._applied, []
+        if not applied:
+            return []
+        finite = torch.stack([flag for _, flag in applied]).cpu()
+        return [param for (param, _), ok in zip(applied, finite.tolist(), strict=True) if not ok]
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -186,11 +186,38 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path)
     assert not (tmp_path / "checkpoints").exists()  # stopped inside epoch 0: nothing half-trained was saved
 
 
-def test_a_training_step_reads_the_device_once(tiny_run):
+@pytest.mark.slow
+def test_ddp_non_finite_gradient_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1 alone back-propagates a NaN gradient at step 1, with finite losses: DDP averages it into
+    both ranks' gradients, so both stop at step 1 before the update, with the parameter named."""
+    import time
+
+    out = tmp_path / "pids"
+    bad = {"class_path": "helpers.recorders.NanGradientOnRank",
+           "init_args": {"rank": 1, "step": 1, "out_dir": str(out)}}
+    cmd = ddp_fit_command(tmp_path, "--trainer.limit_train_batches=4", "--trainer.callbacks+=" + json.dumps(bad))
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert re.search(r"mtcp: error: non-finite gradient at step 1 although every task loss was finite, for 1 "
+                     r"parameter\(s\): net\.backbone\.\S+; training stopped on every rank before the parameters",
+                     proc.stderr), proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 240  # a rank left waiting in a collective would sit out gloo's 30-minute timeout
+    for rank in (0, 1):
+        pid = int((out / f"rank{rank}.pid").read_text())
+        assert _gone(pid, seconds=15), f"rank {rank} (pid {pid}) still running"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_training_step_reads_the_device_twice_after_backward(tiny_run, monkeypatch):
     """Device-to-host reads (``.cpu()``, ``.item()``, ``.tolist()``, ``bool()``, ``float()``, ``.numpy()``)
     in the code that runs every step: none in ``training_step`` (forward, losses, objective); exactly one
-    in the balancer's ``on_before_optimizer_step`` (the pooled losses, for the check and the rule). The
-    balancer's other hooks work on that host copy and on its host-side weights."""
+    in the balancer's ``on_before_optimizer_step`` (the pooled losses, for the check and the rule) and one
+    in the gradient check's (`FiniteGradients`: are all gradients finite). The balancer's other hooks
+    work on that host copy and on its host-side weights."""
+    from mtcp.callbacks import FiniteGradients
     from torch.overrides import TorchFunctionMode
 
     reads = {"cpu", "item", "tolist", "__bool__", "__float__", "__int__", "numpy"}
@@ -215,7 +242,7 @@ def test_a_training_step_reads_the_device_once(tiny_run):
                 self.host.add(id(result))
             return result
 
-    counted: dict[str, list[list[str]]] = {"training_step": [], "on_before_optimizer_step": []}
+    counted: dict[str, list[list[str]]] = {"training_step": [], "on_before_optimizer_step": [], "gradients": []}
 
     def counting(name, fn):
         def wrapper(*args, **kwargs):
@@ -231,7 +258,10 @@ def test_a_training_step_reads_the_device_once(tiny_run):
     balancer = cli.trainer.callbacks[[type(c).__name__ for c in cli.trainer.callbacks].index("LossPrioritization")]
     cli.model.training_step = counting("training_step", cli.model.training_step)
     balancer.on_before_optimizer_step = counting("on_before_optimizer_step", balancer.on_before_optimizer_step)
+    monkeypatch.setattr(FiniteGradients, "on_before_optimizer_step",
+                        counting("gradients", FiniteGradients.on_before_optimizer_step))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert counted["training_step"] == [[], [], []]
     assert counted["on_before_optimizer_step"] == [["cpu"]] * 3
+    assert counted["gradients"] == [["__bool__"]] * 3
     assert not torch.equal(balancer.weights, torch.ones(3))  # the rule did learn from those reads

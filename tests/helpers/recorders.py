@@ -66,3 +66,13 @@ class InfiniteDepthLabel(L.Callback):
             depth = batch["depth"]
             index = (depth > 0).nonzero()[0]
             depth[tuple(index)] = float("inf")
+
+
+class NanGradientOnRank(InfiniteDepthLabel):
+    """On rank ``rank`` at training step ``step``, turn the first parameter's gradient to NaN *before*
+    DDP averages it (a tensor hook, as a NaN born in backward would be); the losses stay finite."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            first = next(pl_module.parameters())
+            first.register_hook(lambda grad: torch.full_like(grad, float("nan")))

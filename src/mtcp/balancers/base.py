@@ -15,7 +15,8 @@ One step, as the hooks see it:
   (``trainer.strategy.reduce(L, "mean")``, a device collective, no host read);
 * ``on_before_optimizer_step`` (after backward, before the parameters change): the
   statistics of the micro-batches since the last optimizer step are read to the host,
-  **once per optimizer step** (the step's only device-to-host read), and checked: a
+  **once per optimizer step** (one device-to-host read; `mtcp.callbacks.FiniteGradients` makes
+  the step's other, for the gradients), and checked: a
   non-finite pooled loss stops training on every rank at this same step, with one message
   naming the tasks, ranks and sample ids, before any parameter update (so no NaN reaches a
   weight, and no rank waits in a collective for one that stopped);
@@ -159,7 +160,7 @@ class Balancer(L.Callback):
         """Read and check the statistics of this optimizer step's micro-batches (one host read)."""
         if not self._open:
             return
-        stats = torch.stack(self._open).double().cpu()  # [k, 2, T]: the step's one device-to-host read
+        stats = torch.stack(self._open).double().cpu()  # [k, 2, T]: this hook's one device-to-host read
         ids, self._open, self._open_ids = self._open_ids, [], []
         if not bool(torch.isfinite(stats[:, 1]).all()):  # pooled: the same verdict on every rank
             self._stop_on_non_finite(trainer, stats, ids)

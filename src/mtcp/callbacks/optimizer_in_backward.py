@@ -10,10 +10,13 @@ gradients then accumulate as usual and the balancer's check stops the run with i
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from torch import Tensor
 
+from mtcp.callbacks.finite_gradients import non_finite_gradient_error, parameter_names
 from mtcp.optim import StepInBackward
 
 SETTING = "model.optimizer_in_backward"
@@ -51,6 +54,10 @@ class OptimizerInBackward(L.Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         if self.stepper is not None:
             self.stepper.armed = bool(torch.isfinite(loss.detach()).all())  # one host read per step
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if self.stepper is not None and (bad := self.stepper.take_non_finite()):
+            raise non_finite_gradient_error(parameter_names(pl_module, bad), trainer.global_step, updated=True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.stepper is not None:
