@@ -217,8 +217,9 @@ def test_a_training_step_reads_the_device_twice_after_backward(tiny_run, monkeyp
     in the balancer's ``on_before_optimizer_step`` (the pooled losses, for the check and the rule) and one
     in the gradient check's (`FiniteGradients`: are all gradients finite). The balancer's other hooks
     work on that host copy and on its host-side weights."""
-    from mtcp.callbacks import FiniteGradients
     from torch.overrides import TorchFunctionMode
+
+    from mtcp.callbacks import FiniteGradients
 
     reads = {"cpu", "item", "tolist", "__bool__", "__float__", "__int__", "numpy"}
 

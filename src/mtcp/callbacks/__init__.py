@@ -7,4 +7,5 @@ from mtcp.callbacks.prediction_grid import PredictionGrid
 from mtcp.callbacks.prediction_writer import PredictionWriter
 from mtcp.callbacks.weight_chart import WeightChart
 
-__all__ = ["FiniteGradients", "LastCheckpoint", "OptimizerInBackward", "PredictionGrid", "PredictionWriter", "WeightChart"]
+__all__ = ["FiniteGradients", "LastCheckpoint", "OptimizerInBackward", "PredictionGrid", "PredictionWriter",
+           "WeightChart"]
