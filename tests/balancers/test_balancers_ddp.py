@@ -162,53 +162,34 @@ def _gone(pid: int, seconds: float) -> bool:
 
 
 @pytest.mark.slow
-def test_ddp_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
-    """Rank 1 alone gets an infinite depth label at step 2: both ranks stop at step 2, before the
-    update, with one message naming the task, the rank and its sample ids; nobody hangs."""
+@pytest.mark.parametrize(("spoiler", "step", "message"), [
+    # an infinite depth label on rank 1: rank 0's message names what rank 1 saw (both reached the check)
+    ("InfiniteDepthLabel", 2, r"non-finite training loss for task\(s\) \['depth'\] at step 2 \(rank 1: "
+                              r"task\(s\) \['depth'\], batch ids \[.+\]\).*before the parameters were updated"),
+    # a NaN gradient born in rank 1's backward, losses finite: DDP averages it into both ranks' gradients
+    ("NanGradientOnRank", 1, r"non-finite gradient at step 1 although every task loss was finite, for 1 "
+                             r"parameter\(s\): net\.backbone\.\S+; training stopped on every rank before"),
+])
+def test_ddp_a_non_finite_step_on_one_rank_stops_every_rank_at_that_step(tmp_path, spoiler, step, message):
+    """Rank 1 alone goes non-finite at ``step``: both ranks stop at that step, before the update, with
+    one message; nobody hangs and nothing half-trained is saved."""
     import time
 
     out = tmp_path / "pids"
-    bad = {"class_path": "helpers.recorders.InfiniteDepthLabel",
-           "init_args": {"rank": 1, "step": 2, "out_dir": str(out)}}
-    cmd = ddp_fit_command(tmp_path, "--trainer.limit_train_batches=6", "--trainer.callbacks+=" + json.dumps(bad))
+    bad = {"class_path": f"helpers.recorders.{spoiler}", "init_args": {"rank": 1, "step": step, "out_dir": str(out)}}
+    cmd = ddp_fit_command(tmp_path, f"--trainer.limit_train_batches={step + 3}",
+                          "--trainer.callbacks+=" + json.dumps(bad))
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr[-4000:]
-    # rank 0's message names what rank 1 saw: both ranks reached the check of step 2 together
-    assert re.search(r"mtcp: error: non-finite training loss for task\(s\) \['depth'\] at step 2 \(rank 1: "
-                     r"task\(s\) \['depth'\], batch ids \[.+\]\).*before the parameters were updated", proc.stderr)
+    assert re.search(r"mtcp: error: " + message, proc.stderr), proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr
     assert elapsed < 240  # a rank left waiting in a collective would sit out gloo's 30-minute timeout
     for rank in (0, 1):  # neither process is left running (a few seconds to be reaped)
         pid = int((out / f"rank{rank}.pid").read_text())
         assert _gone(pid, seconds=15), f"rank {rank} (pid {pid}) still running"
     assert not (tmp_path / "checkpoints").exists()  # stopped inside epoch 0: nothing half-trained was saved
-
-
-@pytest.mark.slow
-def test_ddp_non_finite_gradient_on_one_rank_stops_every_rank_at_that_step(tmp_path):
-    """Rank 1 alone back-propagates a NaN gradient at step 1, with finite losses: DDP averages it into
-    both ranks' gradients, so both stop at step 1 before the update, with the parameter named."""
-    import time
-
-    out = tmp_path / "pids"
-    bad = {"class_path": "helpers.recorders.NanGradientOnRank",
-           "init_args": {"rank": 1, "step": 1, "out_dir": str(out)}}
-    cmd = ddp_fit_command(tmp_path, "--trainer.limit_train_batches=4", "--trainer.callbacks+=" + json.dumps(bad))
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 2, proc.stderr[-4000:]
-    assert re.search(r"mtcp: error: non-finite gradient at step 1 although every task loss was finite, for 1 "
-                     r"parameter\(s\): net\.backbone\.\S+; training stopped on every rank before the parameters",
-                     proc.stderr), proc.stderr[-4000:]
-    assert "Traceback" not in proc.stderr
-    assert elapsed < 240  # a rank left waiting in a collective would sit out gloo's 30-minute timeout
-    for rank in (0, 1):
-        pid = int((out / f"rank{rank}.pid").read_text())
-        assert _gone(pid, seconds=15), f"rank {rank} (pid {pid}) still running"
-    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_training_step_reads_the_device_twice_after_backward(tiny_run, monkeypatch):
