@@ -54,12 +54,11 @@ class FiniteGradients(L.Callback):
                                  optimizer: Optimizer) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # the gradient scaler skips non-finite steps itself
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
+        stepped = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not stepped:
             return
         # max |g|: finite gradients cannot overflow it, and NaN propagates through it
-        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))):  # one host read
-            return
-        bad = [p for group in optimizer.param_groups for p in group["params"]
-               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in stepped], norm_type=float("inf")))):
+            return  # the one host read of a healthy step
+        bad = [p for p in stepped if not bool(torch.isfinite(p.grad).all())]
         raise non_finite_gradient_error(parameter_names(pl_module, bad), trainer.global_step, updated=False)
